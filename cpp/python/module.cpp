@@ -1,0 +1,104 @@
+// drwkv._C: the native kernels for Python. Takes raw addresses (from torch's data_ptr or numpy) so
+// that the module links against neither torch nor a CUDA runtime shared library.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "drwkv/bi_wkv.h"
+
+namespace py = pybind11;
+using drwkv::DType;
+
+namespace {
+
+void* ptr(uintptr_t address) { return reinterpret_cast<void*>(address); }
+
+#ifdef DRWKV_WITH_CUDA
+void check_cuda(int code, const char* what) {
+  if (code != 0) throw std::runtime_error(std::string(what) + ": " + drwkv::cuda_error_string(code));
+}
+#define DRWKV_CUDA_CALL(what, call) check_cuda(call, what)
+#define DRWKV_CUDA_SIZE(expr) (expr)
+#else
+#define DRWKV_CUDA_CALL(what, call) throw std::runtime_error(what ": drwkv._C was built without CUDA")
+#define DRWKV_CUDA_SIZE(expr) size_t(0)
+#endif
+
+void forward(uintptr_t w, uintptr_t u, uintptr_t k, uintptr_t v, uintptr_t y, uintptr_t lse, uintptr_t workspace,
+             int64_t B, int64_t T, int64_t C, int dtype, int device, uintptr_t stream) {
+  if (device < 0) {
+    py::gil_scoped_release release;
+    drwkv::bi_wkv_forward_cpu(DType(dtype), ptr(w), ptr(u), ptr(k), ptr(v), ptr(y), ptr(lse), B, T, C);
+    return;
+  }
+  DRWKV_CUDA_CALL("bi_wkv_forward_cuda",
+                  drwkv::bi_wkv_forward_cuda(DType(dtype), static_cast<const float*>(ptr(w)),
+                                             static_cast<const float*>(ptr(u)), ptr(k), ptr(v), ptr(y),
+                                             static_cast<float*>(ptr(lse)), ptr(workspace), B, T, C, ptr(stream)));
+}
+
+void backward(uintptr_t w, uintptr_t u, uintptr_t k, uintptr_t v, uintptr_t y, uintptr_t lse, uintptr_t gy,
+              uintptr_t gw, uintptr_t gu, uintptr_t gk, uintptr_t gv, uintptr_t workspace, int64_t B, int64_t T,
+              int64_t C, int dtype, int device, uintptr_t stream) {
+  if (device < 0) {
+    py::gil_scoped_release release;
+    drwkv::bi_wkv_backward_cpu(DType(dtype), ptr(w), ptr(u), ptr(k), ptr(v), ptr(y), ptr(lse), ptr(gy), ptr(gw),
+                               ptr(gu), ptr(gk), ptr(gv), B, T, C);
+    return;
+  }
+  DRWKV_CUDA_CALL("bi_wkv_backward_cuda",
+                  drwkv::bi_wkv_backward_cuda(DType(dtype), static_cast<const float*>(ptr(w)),
+                                              static_cast<const float*>(ptr(u)), ptr(k), ptr(v), ptr(y),
+                                              static_cast<const float*>(ptr(lse)), ptr(gy), static_cast<float*>(ptr(gw)),
+                                              static_cast<float*>(ptr(gu)), ptr(gk), ptr(gv), ptr(workspace), B, T, C,
+                                              ptr(stream)));
+}
+
+// numpy entry point used by the ONNX Runtime custom op: y = bi_wkv(w, u, k, v) on the CPU.
+py::array forward_numpy(py::array_t<float, py::array::c_style | py::array::forcecast> w,
+                        py::array_t<float, py::array::c_style | py::array::forcecast> u, py::array k, py::array v) {
+  if (k.ndim() != 3) throw std::invalid_argument("bi_wkv: k must have rank 3 [B, T, C]");
+  const int64_t B = k.shape(0), T = k.shape(1), C = k.shape(2);
+  if (v.ndim() != 3 || v.shape(0) != B || v.shape(1) != T || v.shape(2) != C)
+    throw std::invalid_argument("bi_wkv: v must have the shape of k");
+  if (w.ndim() != 1 || w.shape(0) != C || u.ndim() != 1 || u.shape(0) != C)
+    throw std::invalid_argument("bi_wkv: w and u must have shape [C]");
+  const bool half = k.dtype().is(py::dtype("float16"));
+  if (!half && !k.dtype().is(py::dtype::of<float>()))
+    throw std::invalid_argument("bi_wkv: k must be float32 or float16");
+  if (!v.dtype().is(k.dtype())) throw std::invalid_argument("bi_wkv: v must have the dtype of k");
+  py::array kc = py::array::ensure(k, py::array::c_style), vc = py::array::ensure(v, py::array::c_style);
+  py::array y(k.dtype(), {B, T, C});
+  {
+    py::gil_scoped_release release;
+    drwkv::bi_wkv_forward_cpu(half ? DType::kFloat16 : DType::kFloat32, w.data(), u.data(), kc.data(), vc.data(),
+                              y.mutable_data(), nullptr, B, T, C);
+  }
+  return y;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "drwkv native kernels (Bi-WKV on CPU and CUDA)";
+  m.attr("DTYPE_FLOAT32") = int(DType::kFloat32);
+  m.attr("DTYPE_FLOAT16") = int(DType::kFloat16);
+  m.attr("DTYPE_FLOAT64") = int(DType::kFloat64);
+#ifdef DRWKV_WITH_CUDA
+  m.attr("WITH_CUDA") = true;
+#else
+  m.attr("WITH_CUDA") = false;
+#endif
+  m.def("bi_wkv_forward", &forward, "Bi-WKV forward on raw addresses (device -1 = CPU)");
+  m.def("bi_wkv_backward", &backward, "Bi-WKV backward on raw addresses (device -1 = CPU)");
+  m.def("bi_wkv_forward_numpy", &forward_numpy, py::arg("w"), py::arg("u"), py::arg("k"), py::arg("v"),
+        "Bi-WKV forward on numpy arrays (CPU)");
+  m.def("bi_wkv_workspace_size", [](int64_t B, int64_t T, int64_t C, bool cuda) {
+    return cuda ? DRWKV_CUDA_SIZE(drwkv::bi_wkv_forward_workspace_size(B, T, C)) : size_t(0);
+  });
+  m.def("bi_wkv_backward_workspace_size", [](int64_t B, int64_t T, int64_t C, bool cuda) {
+    return cuda ? DRWKV_CUDA_SIZE(drwkv::bi_wkv_backward_workspace_size(B, T, C)) : size_t(0);
+  });
+}
