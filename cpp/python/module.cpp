@@ -81,6 +81,8 @@ py::array forward_numpy(py::array_t<float, py::array::c_style | py::array::force
 
 }  // namespace
 
+void bind_samplers(py::module_& m);  // samplers_binding.cpp
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "drwkv native kernels (Bi-WKV on CPU and CUDA)";
   m.attr("DTYPE_FLOAT32") = int(DType::kFloat32);
@@ -101,4 +103,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("bi_wkv_backward_workspace_size", [](int64_t B, int64_t T, int64_t C, bool cuda) {
     return cuda ? DRWKV_CUDA_SIZE(drwkv::bi_wkv_backward_workspace_size(B, T, C)) : size_t(0);
   });
+  bind_samplers(m);
 }

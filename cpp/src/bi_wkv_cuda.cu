@@ -79,8 +79,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t t = tc; t < min(t1, tc + CHUNK); ++t) {
         const float key = op.key(b, t, c);
         op.values(b, t, c, x);
-        left.template push<kLeft>(t, key, x, w);
-        right.template push<kRight>(t, key, x, w);
+        left.template push<kLeft>(float(t), key, x, w);
+        right.template push<kRight>(float(t), key, x, w);
       }
       chunk_right[ch] = right;
     }
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads)
         if (t < t1) {
           right_at[j] = right;
           op.values(b, t, c, x);
-          right.template push<kRight>(t, op.key(b, t, c), x, w);
+          right.template push<kRight>(float(t), op.key(b, t, c), x, w);
         }
       }
 #pragma unroll
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads)
         if (t < t1) {
           op.output(b, t, c, left, right_at[j], part);
           op.values(b, t, c, x);
-          left.template push<kLeft>(t, op.key(b, t, c), x, w);
+          left.template push<kLeft>(float(t), op.key(b, t, c), x, w);
         }
       }
     }

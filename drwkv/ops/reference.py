@@ -17,8 +17,8 @@ def bi_wkv_reference(w, u, k, v, block=None):
     dtype = torch.promote_types(k.dtype, w.dtype)
     w, u, k, v = (x.to(dtype) for x in (w, u, k, v))
     if block is None:
-        # Keep each block's [B, block, T, C] logits around 64M elements.
-        block = max(1, min(T, (1 << 26) // max(1, B * T * C)))
+        # Keep each block's [B, block, T, C] logits around 16M elements.
+        block = max(1, min(T, (1 << 24) // max(1, B * T * C)))
     pos = torch.arange(T, device=k.device)
     out = []
     for start in range(0, T, block):

@@ -13,6 +13,10 @@
 // The backward pass needs first moments sum_i (|t-i| - 1) x_i exp(...) for the w gradient; an
 // anchored sum carries them as m = sum_i s_i x_i exp(l_i - p) with s_i = |t-i| - |t-pos|, which is
 // again independent of t.
+//
+// Everything is branch-free and written over a "lane" type: a scalar (float on CUDA, double for
+// float64 inputs) or a CPU SIMD vector of channels (lanes_cpu.h), so one text serves every kernel.
+// Positions are held in the logit type: exact integers up to 2^24 tokens in float32.
 #pragma once
 
 #include <cmath>
@@ -30,85 +34,90 @@ namespace math {
 // Which side of the evaluation position a sum holds: tokens to the left (i < t) or right (i > t).
 enum Side : int { kLeft = 1, kRight = -1 };
 
-template <class Calc>
-DRWKV_HD Calc neg_inf() { return -INFINITY; }
+// Scalar lanes. Vector lanes overload the same names in lanes_cpu.h.
+template <class T> struct Lane { using Elem = T; static constexpr int kWidth = 1; };
+DRWKV_HD float lane_exp(float x) { return expf(x); }
+DRWKV_HD double lane_exp(double x) { return exp(x); }
+DRWKV_HD float lane_log(float x) { return logf(x); }
+DRWKV_HD double lane_log(double x) { return log(x); }
+DRWKV_HD float lane_abs(float x) { return fabsf(x); }
+DRWKV_HD double lane_abs(double x) { return fabs(x); }
+DRWKV_HD float select(bool m, float a, float b) { return m ? a : b; }
+DRWKV_HD double select(bool m, double a, double b) { return m ? a : b; }
+template <class Acc> DRWKV_HD Acc to_acc(float x) { return Acc(x); }
+template <class Acc> DRWKV_HD Acc to_acc(double x) { return Acc(x); }
+template <class Calc> DRWKV_HD Calc to_calc_lane(float x) { return Calc(x); }
+template <class Calc> DRWKV_HD Calc to_calc_lane(double x) { return Calc(x); }
+template <class T> DRWKV_HD T splat(typename Lane<T>::Elem x) { return T{} + x; }
 
-DRWKV_HD float fast_exp(float x) { return ::expf(x); }
-DRWKV_HD double fast_exp(double x) { return ::exp(x); }
-DRWKV_HD float fast_log(float x) { return ::logf(x); }
-DRWKV_HD double fast_log(double x) { return ::log(x); }
+}  // namespace math
+}  // namespace drwkv
 
-// An anchored sum of NV values (plus their first moments when MOMENTS). Calc is the type of the
-// logits (float, or double for float64 inputs); Acc the type of the accumulators.
+#include "drwkv/lanes_cpu.h"
+
+namespace drwkv {
+namespace math {
+
+// An anchored sum of NV values (plus their first moments when MOMENTS). Calc is the lane type of
+// logits and positions; Acc the lane type of the accumulators.
 template <int NV, bool MOMENTS, class Calc, class Acc>
 struct AnchoredSum {
+  using EC = typename Lane<Calc>::Elem;
+  using EA = typename Lane<Acc>::Elem;
   static constexpr int kValues = NV;
   Acc a[NV];
   Acc m[MOMENTS ? NV : 1];
-  Calc key;     // logit of the anchor token, -inf while the sum is empty
-  int64_t pos;  // position of the anchor token
+  Calc key;  // logit of the anchor token, -inf while the sum is empty
+  Calc pos;  // position of the anchor token
 
   DRWKV_HD void clear() {
-    for (int j = 0; j < NV; ++j) a[j] = Acc(0);
-    for (int j = 0; j < (MOMENTS ? NV : 1); ++j) m[j] = Acc(0);
-    key = neg_inf<Calc>();
-    pos = 0;
+    for (int j = 0; j < NV; ++j) a[j] = splat<Acc>(EA(0));
+    for (int j = 0; j < (MOMENTS ? NV : 1); ++j) m[j] = splat<Acc>(EA(0));
+    key = splat<Calc>(-EC(INFINITY));
+    pos = splat<Calc>(EC(0));
   }
 
-  // Log-weight of the anchor as seen from position t (t on the far side of every token held).
+  // |t - pos| - 1 for t on the far side of every token held: the anchor's decay count at t.
   template <int SIDE>
-  DRWKV_HD Calc logit_at(int64_t t, Calc w) const {
-    return key - Calc(SIDE * (t - pos) - 1) * w;
-  }
+  DRWKV_HD Calc gap_at(Calc t) const { return (t - pos) * EC(SIDE) - EC(1); }
 
-  // Distance-minus-one from t to the anchor, the factor the moments are measured against.
+  // Logit of the anchor as seen from position t.
   template <int SIDE>
-  DRWKV_HD Calc gap_at(int64_t t) const { return Calc(SIDE * (t - pos) - 1); }
+  DRWKV_HD Calc logit_at(Calc t, Calc w) const { return key - gap_at<SIDE>(t) * w; }
 
-  // this += other (both sums of the same SIDE). Empty operands are handled without NaN.
+  // this += o, two sums of the same SIDE. `delta` = |t - pos| - |t - o.pos| for any t beyond both.
   template <int SIDE>
   DRWKV_HD void merge(const AnchoredSum& o, Calc w) {
-    if (o.key == neg_inf<Calc>()) return;
-    // delta = |t - pos| - |t - o.pos| for any t beyond both tokens.
-    const Calc delta = Calc(SIDE * (o.pos - pos));
-    const Calc d = key - o.key - delta * w;  // logit(this anchor) - logit(other anchor); -inf if empty
-    if (d >= Calc(0)) {
-      const Acc c = Acc(fast_exp(-d));
-      for (int j = 0; j < NV; ++j) {
-        if (MOMENTS) m[j] += c * (o.m[j] - Acc(delta) * o.a[j]);
-        a[j] += c * o.a[j];
-      }
-    } else {
-      const Acc c = Acc(fast_exp(d));
-      for (int j = 0; j < NV; ++j) {
-        if (MOMENTS) m[j] = o.m[j] + c * (m[j] + Acc(delta) * a[j]);
-        a[j] = o.a[j] + c * a[j];
-      }
-      key = o.key;
-      pos = o.pos;
+    const Calc delta = (o.pos - pos) * EC(SIDE);
+    Calc d = key - o.key - delta * w;                    // logit(our anchor) - logit(o's anchor)
+    d = select(o.key == -EC(INFINITY), splat<Calc>(EC(INFINITY)), d);  // o empty: keep ours
+    const Acc c = to_acc<Acc>(lane_exp(-lane_abs(d)));   // exp of the smaller minus the larger
+    const auto keep = to_acc<Acc>(d) >= EA(0);
+    const Acc dA = to_acc<Acc>(delta);
+    for (int j = 0; j < NV; ++j) {
+      if (MOMENTS) m[j] = select(keep, m[j] + c * (o.m[j] - dA * o.a[j]), o.m[j] + c * (m[j] + dA * a[j]));
+      a[j] = select(keep, a[j] + c * o.a[j], o.a[j] + c * a[j]);
     }
+    const auto keep_c = d >= EC(0);
+    key = select(keep_c, key, o.key);
+    pos = select(keep_c, pos, o.pos);
   }
 
-  // this += token at position i with logit `k` and values x[0..NV).
+  // this += the token at position i with logit k and values x[0..NV).
   template <int SIDE>
-  DRWKV_HD void push(int64_t i, Calc k, const Acc* x, Calc w) {
-    const Calc delta = Calc(SIDE * (i - pos));
-    const Calc d = key - k - delta * w;
-    if (d >= Calc(0)) {
-      const Acc c = Acc(fast_exp(-d));
-      for (int j = 0; j < NV; ++j) {
-        if (MOMENTS) m[j] -= c * Acc(delta) * x[j];
-        a[j] += c * x[j];
-      }
-    } else {
-      const Acc c = Acc(fast_exp(d));  // 0 when this sum was empty
-      for (int j = 0; j < NV; ++j) {
-        if (MOMENTS) m[j] = c * (m[j] + Acc(delta) * a[j]);
-        a[j] = x[j] + c * a[j];
-      }
-      key = k;
-      pos = i;
+  DRWKV_HD void push(Calc i, Calc k, const Acc* x, Calc w) {
+    const Calc delta = (i - pos) * EC(SIDE);
+    const Calc d = key - k - delta * w;                  // -inf while empty: the token becomes anchor
+    const Acc c = to_acc<Acc>(lane_exp(-lane_abs(d)));
+    const auto keep = to_acc<Acc>(d) >= EA(0);
+    const Acc dA = to_acc<Acc>(delta);
+    for (int j = 0; j < NV; ++j) {
+      if (MOMENTS) m[j] = select(keep, m[j] - c * dA * x[j], c * (m[j] + dA * a[j]));
+      a[j] = select(keep, a[j] + c * x[j], x[j] + c * a[j]);
     }
+    const auto keep_c = d >= EC(0);
+    key = select(keep_c, key, k);
+    pos = select(keep_c, pos, i);
   }
 };
 
@@ -120,49 +129,53 @@ using ForwardSum = AnchoredSum<2, false, Calc, Acc>;
 template <class Calc, class Acc>
 using BackwardSum = AnchoredSum<2, true, Calc, Acc>;
 
-// y_t and log-sum-exp of the logits at t, from the sums on both sides and the token itself.
+// y_t and (when lse is not null) log-sum-exp of the logits at t, from the sums on both sides and the token itself.
 // Each of the three terms has logit key - gap * w (the token itself: key u + k_t, gap 0). Logits are
-// taken relative to the largest term with integer gap differences, never as absolute values: with
-// |w| * T large, absolute logits are large and their float32 rounding would swamp the result.
+// taken relative to the largest term with exact integer gap differences, never as absolute values:
+// with |w| T large, absolute logits are large and their float32 rounding would swamp the result.
 template <class Calc, class Acc>
-DRWKV_HD void forward_output(const ForwardSum<Calc, Acc>& left, const ForwardSum<Calc, Acc>& right,
-                             int64_t t, Calc k, Calc v, Calc u, Calc w, Calc* y, Calc* lse) {
+DRWKV_HD void forward_output(const ForwardSum<Calc, Acc>& left, const ForwardSum<Calc, Acc>& right, Calc t,
+                             Calc k, Calc v, Calc u, Calc w, Calc* y, Calc* lse) {
+  using EC = typename Lane<Calc>::Elem;
   const Calc key[3] = {left.key, right.key, u + k};
-  const int64_t gap[3] = {t - left.pos - 1, right.pos - t - 1, 0};
-  int ref = 2;
-  Calc best = key[2];
+  const Calc gap[3] = {left.template gap_at<kLeft>(t), right.template gap_at<kRight>(t), splat<Calc>(EC(0))};
+  Calc ref_key = key[2], ref_gap = gap[2], best = key[2];
   for (int j = 0; j < 2; ++j) {
-    const Calc logit = key[j] - Calc(gap[j]) * w;  // only to choose the reference term
-    if (logit > best) best = logit, ref = j;
+    const Calc logit = key[j] - gap[j] * w;
+    const auto better = logit > best;
+    best = select(better, logit, best);
+    ref_key = select(better, key[j], ref_key);
+    ref_gap = select(better, gap[j], ref_gap);
   }
   Acc e[3];
-  for (int j = 0; j < 3; ++j) e[j] = Acc(fast_exp((key[j] - key[ref]) - Calc(gap[j] - gap[ref]) * w));
-  const Acc num = left.a[0] * e[0] + right.a[0] * e[1] + Acc(v) * e[2];
+  for (int j = 0; j < 3; ++j) e[j] = to_acc<Acc>(lane_exp((key[j] - ref_key) - (gap[j] - ref_gap) * w));
+  const Acc num = left.a[0] * e[0] + right.a[0] * e[1] + to_acc<Acc>(v) * e[2];
   const Acc den = left.a[1] * e[0] + right.a[1] * e[1] + e[2];
-  *y = Calc(num / den);
-  *lse = key[ref] - Calc(gap[ref]) * w + fast_log(Calc(den));
+  *y = to_calc_lane<Calc>(num / den);
+  if (lse) *lse = ref_key - ref_gap * w + lane_log(to_calc_lane<Calc>(den));
 }
 
 // Gradients at source position i, given the backward sums of the targets on both sides.
-// Returns gk_i, gv_i and adds this position's share of gw and gu.
+// Writes gk_i, gv_i and adds this position's share of gw and gu.
 template <class Calc, class Acc>
-DRWKV_HD void backward_output(const BackwardSum<Calc, Acc>& left, const BackwardSum<Calc, Acc>& right,
-                              int64_t i, Calc k, Calc v, Calc y, Calc lse, Calc gy, Calc u, Calc w,
-                              Calc* gk, Calc* gv, Acc* gw, Acc* gu) {
+DRWKV_HD void backward_output(const BackwardSum<Calc, Acc>& left, const BackwardSum<Calc, Acc>& right, Calc i,
+                              Calc k, Calc v, Calc y, Calc lse, Calc gy, Calc u, Calc w, Calc* gk, Calc* gv, Acc* gw,
+                              Acc* gu) {
   // exp(k_i + anchor logit) is the attention weight of the anchor target on i: at most 1.
-  const Acc el = Acc(fast_exp(k + left.template logit_at<kLeft>(i, w)));
-  const Acc er = Acc(fast_exp(k + right.template logit_at<kRight>(i, w)));
-  const Acc es = Acc(fast_exp(u + k - lse));  // weight of i on itself
-  const Acc g_self = Acc(gy) * es;
-  const Acc G = left.a[0] * el + right.a[0] * er + g_self;                 // sum_t P(t,i) gy_t
-  const Acc H = left.a[1] * el + right.a[1] * er + g_self * Acc(y);        // sum_t P(t,i) gy_t y_t
-  const Acc gl = Acc(left.template gap_at<kLeft>(i)), gr = Acc(right.template gap_at<kRight>(i));
+  const Acc el = to_acc<Acc>(lane_exp(k + left.template logit_at<kLeft>(i, w)));
+  const Acc er = to_acc<Acc>(lane_exp(k + right.template logit_at<kRight>(i, w)));
+  const Acc es = to_acc<Acc>(lane_exp(u + k - lse));  // weight of i on itself
+  const Acc vA = to_acc<Acc>(v), yA = to_acc<Acc>(y);
+  const Acc g_self = to_acc<Acc>(gy) * es;
+  const Acc G = left.a[0] * el + right.a[0] * er + g_self;       // sum_t P(t,i) gy_t
+  const Acc H = left.a[1] * el + right.a[1] * er + g_self * yA;  // sum_t P(t,i) gy_t y_t
+  const Acc gl = to_acc<Acc>(left.template gap_at<kLeft>(i)), gr = to_acc<Acc>(right.template gap_at<kRight>(i));
   const Acc RG = el * (gl * left.a[0] + left.m[0]) + er * (gr * right.a[0] + right.m[0]);
   const Acc RH = el * (gl * left.a[1] + left.m[1]) + er * (gr * right.a[1] + right.m[1]);
-  *gv = Calc(G);
-  *gk = Calc(Acc(v) * G - H);
-  *gw -= Acc(v) * RG - RH;
-  *gu += g_self * (Acc(v) - Acc(y));
+  *gv = to_calc_lane<Calc>(G);
+  *gk = to_calc_lane<Calc>(vA * G - H);
+  *gw -= vA * RG - RH;
+  *gu += g_self * (vA - yA);
 }
 
 }  // namespace math

@@ -1,6 +1,9 @@
-// What the forward and backward passes feed into the bidirectional scan, element by element.
-// Shared by the CPU and CUDA drivers; each driver supplies to_calc/store_io for its half type.
+// What the forward and backward passes feed into the bidirectional scan, lane by lane (a lane is
+// one channel on CUDA, a vector of channels on the CPU). Shared by the CPU and CUDA drivers; each
+// driver supplies to_calc/store_io for its half-precision type.
 #pragma once
+
+#include <cstring>
 
 #include "drwkv/bi_wkv_math.h"
 
@@ -11,30 +14,71 @@ DRWKV_HD double to_calc(double x) { return x; }
 DRWKV_HD void store_io(float* p, float x) { *p = x; }
 DRWKV_HD void store_io(double* p, double x) { *p = x; }
 
+// Loads and stores of the first `n` of a lane's channels (n <= 0: a lane past the last channel,
+// which reads zeros and stores nothing).
+template <class Calc>
+struct LaneIO {
+  template <class IO> DRWKV_HD static Calc load(const IO* p, int64_t idx, int n) {
+    return n > 0 ? Calc(to_calc(p[idx])) : Calc(0);
+  }
+  template <class IO> DRWKV_HD static void store(IO* p, int64_t idx, Calc x, int n) {
+    if (n > 0) store_io(&p[idx], x);
+  }
+};
+
+#if !defined(__CUDACC__)
+template <>
+struct LaneIO<math::VecF> {
+  template <class IO> static math::VecF load(const IO* p, int64_t idx, int n) {
+    math::VecF r = {};
+    for (int j = 0; j < n; ++j) r[j] = to_calc(p[idx + j]);
+    return r;
+  }
+  static math::VecF load(const float* p, int64_t idx, int n) {
+    math::VecF r = {};
+    if (n == math::Lane<math::VecF>::kWidth) std::memcpy(&r, p + idx, sizeof r);
+    else for (int j = 0; j < n; ++j) r[j] = p[idx + j];
+    return r;
+  }
+  template <class IO> static void store(IO* p, int64_t idx, math::VecF x, int n) {
+    for (int j = 0; j < n; ++j) store_io(&p[idx + j], x[j]);
+  }
+  static void store(float* p, int64_t idx, math::VecF x, int n) {
+    if (n == math::Lane<math::VecF>::kWidth) std::memcpy(p + idx, &x, sizeof x);
+    else for (int j = 0; j < n; ++j) p[idx + j] = x[j];
+  }
+};
+#endif
+
 // y and lse from w, u, k, v.
 template <class IO, class Calc, class Acc>
 struct ForwardOp {
   using Sum = math::ForwardSum<Calc, Acc>;
+  using CalcT = Calc;
   using AccT = Acc;
+  using L = LaneIO<Calc>;
   static constexpr int kPartials = 0;
-  const Calc *w_, *u_;
+  const typename math::Lane<Calc>::Elem *w_, *u_;
   const IO *k_, *v_;
   IO* y_;
-  Calc* lse_;  // may be null
+  typename math::Lane<Calc>::Elem* lse_;  // may be null
   int64_t T, C;
 
-  DRWKV_HD Calc w(int64_t c) const { return w_[c]; }
-  DRWKV_HD Calc key(int64_t b, int64_t t, int64_t c) const { return Calc(to_calc(k_[(b * T + t) * C + c])); }
+  DRWKV_HD int lanes(int64_t c) const { return int(C - c < math::Lane<Calc>::kWidth ? C - c : math::Lane<Calc>::kWidth); }
+  DRWKV_HD Calc w(int64_t c) const { return L::load(w_, c, lanes(c)); }
+  DRWKV_HD Calc key(int64_t b, int64_t t, int64_t c) const { return L::load(k_, (b * T + t) * C + c, lanes(c)); }
   DRWKV_HD void values(int64_t b, int64_t t, int64_t c, Acc* x) const {
-    x[0] = Acc(to_calc(v_[(b * T + t) * C + c]));
-    x[1] = Acc(1);
+    x[0] = math::to_acc<Acc>(L::load(v_, (b * T + t) * C + c, lanes(c)));
+    x[1] = math::splat<Acc>(1);
   }
   DRWKV_HD void output(int64_t b, int64_t t, int64_t c, const Sum& left, const Sum& right, Acc*) const {
     const int64_t idx = (b * T + t) * C + c;
+    const int n = lanes(c);
     Calc y, lse;
-    math::forward_output(left, right, t, Calc(to_calc(k_[idx])), Calc(to_calc(v_[idx])), u_[c], w_[c], &y, &lse);
-    store_io(&y_[idx], y);
-    if (lse_) lse_[idx] = lse;
+    math::forward_output(left, right, math::splat<Calc>(t), L::load(k_, idx, n), L::load(v_, idx, n),
+                         L::load(u_, c, n), L::load(w_, c, n), &y, lse_ ? &lse : nullptr);
+    L::store(y_, idx, y, n);
+    if (lse_) L::store(lse_, idx, lse, n);
   }
 };
 
@@ -42,31 +86,37 @@ struct ForwardOp {
 template <class IO, class Calc, class Acc>
 struct BackwardOp {
   using Sum = math::BackwardSum<Calc, Acc>;
+  using CalcT = Calc;
   using AccT = Acc;
+  using L = LaneIO<Calc>;
   static constexpr int kPartials = 2;  // gw, gu
-  const Calc *w_, *u_;
+  const typename math::Lane<Calc>::Elem *w_, *u_;
   const IO *k_, *v_, *y_;
-  const Calc* lse_;
+  const typename math::Lane<Calc>::Elem* lse_;
   const IO* gy_;
   IO *gk_, *gv_;
   int64_t T, C;
 
-  DRWKV_HD Calc w(int64_t c) const { return w_[c]; }
+  DRWKV_HD int lanes(int64_t c) const { return int(C - c < math::Lane<Calc>::kWidth ? C - c : math::Lane<Calc>::kWidth); }
+  DRWKV_HD Calc w(int64_t c) const { return L::load(w_, c, lanes(c)); }
   // Targets are summed under key -lse, so that exp(key + logit) is the attention weight itself.
-  DRWKV_HD Calc key(int64_t b, int64_t t, int64_t c) const { return -lse_[(b * T + t) * C + c]; }
+  DRWKV_HD Calc key(int64_t b, int64_t t, int64_t c) const { return -L::load(lse_, (b * T + t) * C + c, lanes(c)); }
   DRWKV_HD void values(int64_t b, int64_t t, int64_t c, Acc* x) const {
     const int64_t idx = (b * T + t) * C + c;
-    const Acc g = Acc(to_calc(gy_[idx]));
+    const int n = lanes(c);
+    const Acc g = math::to_acc<Acc>(L::load(gy_, idx, n));
     x[0] = g;
-    x[1] = g * Acc(to_calc(y_[idx]));
+    x[1] = g * math::to_acc<Acc>(L::load(y_, idx, n));
   }
   DRWKV_HD void output(int64_t b, int64_t t, int64_t c, const Sum& left, const Sum& right, Acc* part) const {
     const int64_t idx = (b * T + t) * C + c;
+    const int n = lanes(c);
     Calc gk, gv;
-    math::backward_output(left, right, t, Calc(to_calc(k_[idx])), Calc(to_calc(v_[idx])), Calc(to_calc(y_[idx])),
-                          lse_[idx], Calc(to_calc(gy_[idx])), u_[c], w_[c], &gk, &gv, &part[0], &part[1]);
-    store_io(&gk_[idx], gk);
-    store_io(&gv_[idx], gv);
+    math::backward_output(left, right, math::splat<Calc>(t), L::load(k_, idx, n), L::load(v_, idx, n),
+                          L::load(y_, idx, n), L::load(lse_, idx, n), L::load(gy_, idx, n), L::load(u_, c, n),
+                          L::load(w_, c, n), &gk, &gv, &part[0], &part[1]);
+    L::store(gk_, idx, gk, n);
+    L::store(gv_, idx, gv, n);
   }
 };
 

@@ -1,0 +1,111 @@
+// PNG = signature + IHDR + IDAT (zlib stream of the filtered rows) + IEND, each chunk followed by
+// a CRC-32 of its type and data. Rows use filter 0 (none); the zlib stream holds stored blocks
+// (at most 65535 bytes each) and ends with the Adler-32 of the uncompressed data.
+#include "drwkv/png.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <fstream>
+#include <stdexcept>
+
+namespace drwkv {
+namespace {
+
+uint32_t crc32(uint8_t const* data, size_t size, uint32_t crc = 0) {
+  static std::array<uint32_t, 256> const table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t n = 0; n < 256; ++n) {
+      uint32_t c = n;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[n] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+uint32_t adler32(std::vector<uint8_t> const& data) {
+  uint32_t a = 1, b = 0;
+  for (uint8_t byte : data) {
+    a = (a + byte) % 65521;
+    b = (b + a) % 65521;
+  }
+  return (b << 16) | a;
+}
+
+void put_u32(std::vector<uint8_t>& out, uint32_t v) {  // big-endian, as PNG and zlib want
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(uint8_t(v >> shift));
+}
+
+void put_chunk(std::vector<uint8_t>& out, char const (&type)[5], std::vector<uint8_t> const& data) {
+  put_u32(out, uint32_t(data.size()));
+  size_t const start = out.size();
+  out.insert(out.end(), type, type + 4);
+  out.insert(out.end(), data.begin(), data.end());
+  put_u32(out, crc32(out.data() + start, out.size() - start));
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_png(int width, int height, int channels, uint8_t const* pixels) {
+  static uint8_t const kColorType[] = {0, 0, 4, 2, 6};  // by channel count: grey, grey+alpha, RGB, RGBA
+  if (width < 1 || height < 1 || channels < 1 || channels > 4)
+    throw std::invalid_argument("encode_png: need width, height >= 1 and 1 to 4 channels");
+
+  size_t const row = size_t(width) * size_t(channels);
+  std::vector<uint8_t> raw;  // filter byte 0, then the row's samples
+  raw.reserve((row + 1) * size_t(height));
+  for (int y = 0; y < height; ++y) {
+    raw.push_back(0);
+    raw.insert(raw.end(), pixels + size_t(y) * row, pixels + size_t(y + 1) * row);
+  }
+
+  std::vector<uint8_t> zlib = {0x78, 0x01};  // deflate, 32 KiB window, no preset dictionary
+  size_t pos = 0;  // raw holds at least one filter byte, so there is at least one block
+  do {
+    size_t const len = std::min<size_t>(65535, raw.size() - pos);
+    bool const last = pos + len == raw.size();
+    zlib.push_back(last ? 1 : 0);  // BFINAL, BTYPE = 00 (stored)
+    zlib.push_back(uint8_t(len));
+    zlib.push_back(uint8_t(len >> 8));
+    zlib.push_back(uint8_t(~len));
+    zlib.push_back(uint8_t(~len >> 8));
+    zlib.insert(zlib.end(), raw.begin() + long(pos), raw.begin() + long(pos + len));
+    pos += len;
+  } while (pos < raw.size());
+  put_u32(zlib, adler32(raw));
+
+  std::vector<uint8_t> header;
+  put_u32(header, uint32_t(width));
+  put_u32(header, uint32_t(height));
+  header.insert(header.end(), {8, kColorType[channels], 0, 0, 0});  // depth 8, deflate, filter 0, no interlace
+
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  put_chunk(png, "IHDR", header);
+  put_chunk(png, "IDAT", zlib);
+  put_chunk(png, "IEND", {});
+  return png;
+}
+
+void write_png(std::string const& path, int width, int height, int channels, uint8_t const* pixels) {
+  std::vector<uint8_t> const png = encode_png(width, height, channels, pixels);
+  std::ofstream file(path, std::ios::binary);
+  file.write(reinterpret_cast<char const*>(png.data()), std::streamsize(png.size()));
+  if (!file.good()) throw std::runtime_error("cannot write " + path);
+}
+
+std::vector<uint8_t> image_to_uint8(float const* chw, int channels, int height, int width) {
+  size_t const plane = size_t(height) * size_t(width);
+  std::vector<uint8_t> hwc(plane * size_t(channels));
+  for (size_t p = 0; p < plane; ++p)
+    for (int c = 0; c < channels; ++c) {
+      float const v = std::nearbyint((chw[size_t(c) * plane + p] + 1.0f) * 127.5f);
+      hwc[p * size_t(channels) + size_t(c)] = uint8_t(v > 255.0f ? 255.0f : v > 0.0f ? v : 0.0f);  // NaN -> 0
+    }
+  return hwc;
+}
+
+}  // namespace drwkv
