@@ -8,12 +8,14 @@ Computed in blocks of target positions so that memory stays O(block * T * C) rat
 import torch
 
 
-def bi_wkv_reference(w, u, k, v, block=None):
+def bi_wkv_reference(w, u, k, v, block=None, targets=None):
     """Exact Bi-WKV in the dtype of the inputs (pass float64 tensors for ground truth).
 
-    Differentiable through plain autograd, so it also gives reference gradients.
+    Differentiable through plain autograd, so it also gives reference gradients. `targets`
+    (a range of positions) limits the output to those rows, e.g. to time a slice of a long input.
     """
     B, T, C = k.shape
+    targets = range(T) if targets is None else targets
     dtype = torch.promote_types(k.dtype, w.dtype)
     w, u, k, v = (x.to(dtype) for x in (w, u, k, v))
     if block is None:
@@ -21,12 +23,12 @@ def bi_wkv_reference(w, u, k, v, block=None):
         block = max(1, min(T, (1 << 24) // max(1, B * T * C)))
     pos = torch.arange(T, device=k.device)
     out = []
-    for start in range(0, T, block):
-        t = pos[start:start + block]
+    for start in range(targets.start, targets.stop, block):
+        t = pos[start:min(start + block, targets.stop)]
         dist = (t[:, None] - pos[None, :]).abs()                       # [tb, T]
         decay = (dist - 1).to(dtype)[None, :, :, None] * w             # [1, tb, T, C]
         logits = k[:, None, :, :] - decay                              # [B, tb, T, C]
-        self_logit = (u + k[:, start:start + block])[:, :, None, :]    # [B, tb, 1, C]
+        self_logit = (u + k[:, t])[:, :, None, :]    # [B, tb, 1, C]
         is_self = (dist == 0)[None, :, :, None]
         logits = torch.where(is_self, self_logit, logits)
         weights = torch.softmax(logits, dim=2)
