@@ -10,7 +10,9 @@ import torch
 from drwkv import _C
 from drwkv.ops.reference import bi_wkv_reference
 
-__all__ = ["bi_wkv", "bi_wkv_reference", "check_inputs"]
+__all__ = ["bi_wkv", "bi_wkv_reference", "check_inputs", "MAX_TOKENS"]
+
+MAX_TOKENS = 1 << 24
 
 _DTYPE_CODES = {torch.float32: _C.DTYPE_FLOAT32, torch.float16: _C.DTYPE_FLOAT16, torch.float64: _C.DTYPE_FLOAT64}
 
@@ -27,6 +29,8 @@ def check_inputs(w, u, k, v):
     B, T, C = k.shape
     if T < 1 or C < 1:
         raise ValueError(f"bi_wkv: T and C must be at least 1, got shape {tuple(k.shape)}")
+    if T > MAX_TOKENS:
+        raise ValueError(f"bi_wkv: T = {T} is over {MAX_TOKENS} (token positions are exact float32 integers)")
     if k.dtype not in _DTYPE_CODES:
         raise TypeError(f"bi_wkv: k must be float32, float16 or float64, got {k.dtype}")
     param_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
