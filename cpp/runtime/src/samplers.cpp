@@ -199,12 +199,14 @@ void DPMSolverPP2M::step(int i, ImageShape const& shape, float const* x, float c
   bool const first = prev_x0_.empty();
   if (!first && prev_x0_.size() != size_t(shape.numel()))
     throw std::invalid_argument("dpm++2m: the image shape changed between steps (call reset())");
-  // j = 0 goes to clean data (first order: x_next = x0); otherwise x_next = s x - k D with
-  // D = x0 at the first step and the two-step combination of x0 and the previous x0 afterwards.
+  // j = 0 goes to clean data (x_next = x0); otherwise x_next = s x - k D with D = x0 at the first
+  // step and into j-1 = 0 ("lower order final": that step is the largest in lambda, where
+  // extrapolating is unstable), and the two-step combination of x0 and the previous x0 otherwise.
   float x_coef = 0.0f, d_coef = 0.0f, d_now = 1.0f, d_prev = 0.0f;
+  bool const first_order = first || j == 1;
   if (j > 0) {
     double const h = lambdas_[size_t(j - 1)] - lambdas_[size_t(j)];
-    if (!first) {
+    if (!first_order) {
       double const r = (lambdas_[size_t(j)] - lambdas_[size_t(j + 1)]) / h;
       d_now = float(1.0 + 0.5 / r);
       d_prev = float(0.5 / r);
@@ -219,7 +221,7 @@ void DPMSolverPP2M::step(int i, ImageShape const& shape, float const* x, float c
     if (j == 0) {
       x_next[at] = x0;
     } else {
-      float const d = first ? x0 : d_now * x0 - d_prev * prev_x0_[size_t(at)];
+      float const d = first_order ? x0 : d_now * x0 - d_prev * prev_x0_[size_t(at)];
       x_next[at] = x_coef * x[at] - d_coef * d;
     }
   });

@@ -102,7 +102,8 @@ class DDIM final : public Sampler {
   std::vector<double> sigmas_;
 };
 
-// DPM-Solver++(2M): multistep, keeps the previous step's x0 (steps run in order after reset()).
+// DPM-Solver++(2M): multistep, keeps the previous step's x0 (steps run in order after reset());
+// first order at the first step and the last two.
 class DPMSolverPP2M final : public Sampler {
  public:
   DPMSolverPP2M(ScheduleConfig const& schedule, int steps, bool clip_x0 = true);

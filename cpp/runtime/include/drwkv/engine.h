@@ -1,0 +1,56 @@
+// Runs a drwkv TensorRT engine (model.plan and its sidecar model.plan.json, both written by
+// python -m export.to_trt) in the fixed-step sampling loop. TensorRT stays out of this header.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "drwkv/samplers.h"
+
+namespace drwkv {
+
+// The model config from the engine's sidecar.
+struct ModelConfig {
+  std::string model;
+  int image_size = 0;
+  int in_channels = 0;
+  int num_classes = 0;  // the label num_classes is the null class (classifier-free guidance)
+  bool learn_sigma = false;
+  ScheduleConfig schedule;
+  int out_channels() const { return learn_sigma ? 2 * in_channels : in_channels; }
+};
+
+class Engine {
+ public:
+  // Registers the BiWKV plugin library with TensorRT (once per process), checks the sidecar
+  // (TensorRT version, GPU) and deserializes the plan onto `device`. std::runtime_error on failure,
+  // with a message that says what to do.
+  Engine(std::string const& plan_path, std::string const& plugin_path, int device = 0);
+  ~Engine();
+  Engine(Engine const&) = delete;
+  Engine& operator=(Engine const&) = delete;
+
+  ModelConfig const& config() const;
+  int min_batch() const;  // the engine's optimization profile
+  int max_batch() const;
+
+  // out [n, C_out, H, W] = model(x [n, C, H, W], t [n], y [n]), host memory. Batches larger than
+  // max_batch() run in chunks.
+  void denoise(int64_t n, float const* x, float const* t, int64_t const* y, float* out);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The sampling loop of drwkv.samplers.sample: x_T ~ N(0, I), then for each step the model output
+// (with classifier-free guidance when cfg_scale != 1: one call on [x; x] with labels [y; null])
+// and, for stochastic samplers, fresh noise. Noise comes from std::mt19937_64 seeded with `seed`,
+// not numpy's generator, so images differ from the Python runtime's for the same seed.
+// Returns x_0, float [B, C, H, W] about [-1, 1], B = labels.size().
+std::vector<float> generate(Engine& engine, Sampler& sampler, std::vector<int64_t> const& labels, float cfg_scale,
+                            uint64_t seed);
+
+}  // namespace drwkv

@@ -1,0 +1,225 @@
+// Engine: TensorRT runtime + device buffers for the profile's largest batch; generate: the loop.
+#include "drwkv/engine.h"
+
+#include <NvInferRuntime.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <stdexcept>
+
+#include "json.h"
+
+namespace drwkv {
+namespace {
+
+constexpr char const* kSidecarFormat = "drwkv-tensorrt-engine";
+constexpr char const* kIoNames[] = {"x", "t", "y", "out"};
+
+void check_cuda(cudaError_t status, char const* what) {
+  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+}
+
+class Logger : public nvinfer1::ILogger {
+ public:
+  void log(Severity severity, char const* message) noexcept override {
+    if (severity <= Severity::kWARNING) std::fprintf(stderr, "TensorRT: %s\n", message);
+  }
+};
+
+std::string read_file(std::string const& path, char const* what) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw std::runtime_error(std::string(what) + " not found: " + path);
+  return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+json::Value const& member(json::Value const& object, std::string const& key, json::Value::Type type,
+                          std::string const& source) {
+  json::Value const* v = object.find(key);
+  if (v == nullptr || v->type != type) throw std::runtime_error(source + ": sidecar lacks a valid \"" + key + "\"");
+  return *v;
+}
+
+// Reads the sidecar and refuses a plan built by another TensorRT version or for another GPU.
+ModelConfig read_sidecar(std::string const& plan_path, int device) {
+  using Type = json::Value::Type;
+  std::string const path = plan_path + ".json";
+  json::Value const doc = json::parse(read_file(path, "engine sidecar (written by python -m export.to_trt)"));
+  json::Value const* format = doc.find("format");
+  if (format == nullptr || format->string != kSidecarFormat)
+    throw std::runtime_error(path + ": not a drwkv engine sidecar");
+
+  // The sidecar holds TensorRT's Python version string, e.g. "10.16.1.11": compare major.minor.patch.
+  std::string const built = member(doc, "tensorrt_version", Type::kString, path).string;
+  std::string const here = std::to_string(getInferLibMajorVersion()) + "." + std::to_string(getInferLibMinorVersion()) +
+                           "." + std::to_string(getInferLibPatchVersion());
+  if (built.compare(0, here.size(), here) != 0 || (built.size() > here.size() && built[here.size()] != '.'))
+    throw std::runtime_error(plan_path + " was built with TensorRT " + built + ", this is TensorRT " + here +
+                             ": rebuild it here with python -m export.to_trt");
+
+  cudaDeviceProp props{};
+  check_cuda(cudaGetDeviceProperties(&props, device), "cudaGetDeviceProperties");
+  std::string const gpu = props.name;
+  std::string const capability = std::to_string(props.major) + "." + std::to_string(props.minor);
+  std::string const built_gpu = member(doc, "gpu", Type::kString, path).string;
+  std::string const built_capability = member(doc, "compute_capability", Type::kString, path).string;
+  if (built_gpu != gpu || built_capability != capability)
+    throw std::runtime_error(plan_path + " was built for " + built_gpu + " (compute capability " + built_capability +
+                             "), this GPU is " + gpu + " (" + capability + "): rebuild it here with python -m export.to_trt");
+
+  json::Value const& c = member(doc, "config", Type::kObject, path);
+  ModelConfig config;
+  config.model = member(c, "model", Type::kString, path).string;
+  config.image_size = int(member(c, "image_size", Type::kNumber, path).number);
+  config.in_channels = int(member(c, "in_channels", Type::kNumber, path).number);
+  config.num_classes = int(member(c, "num_classes", Type::kNumber, path).number);
+  config.learn_sigma = member(c, "learn_sigma", Type::kBool, path).boolean;
+  // The schedule as drwkv.schedule.Schedule.from_config reads it (DiT's defaults when absent).
+  if (json::Value const* diffusion = c.find("diffusion"); diffusion != nullptr && diffusion->type == Type::kObject) {
+    if (json::Value const* kind = diffusion->find("schedule"); kind != nullptr && kind->string != "linear")
+      throw std::runtime_error(path + ": unsupported diffusion schedule '" + kind->string + "' (only linear)");
+    if (json::Value const* v = diffusion->find("num_timesteps")) config.schedule.num_timesteps = int(v->number);
+    if (json::Value const* v = diffusion->find("beta_start")) config.schedule.beta_start = v->number;
+    if (json::Value const* v = diffusion->find("beta_end")) config.schedule.beta_end = v->number;
+  }
+  return config;
+}
+
+nvinfer1::Dims shape(std::initializer_list<int64_t> extents) {
+  nvinfer1::Dims d{};
+  for (int64_t e : extents) d.d[d.nbDims++] = e;
+  return d;
+}
+
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  void allocate(size_t bytes) { check_cuda(cudaMalloc(&ptr, bytes), "cudaMalloc"); }
+  ~DeviceBuffer() { cudaFree(ptr); }
+};
+
+}  // namespace
+
+struct Engine::Impl {
+  ModelConfig config;
+  Logger logger;
+  // Declared in creation order: destroyed context first, runtime last.
+  std::unique_ptr<nvinfer1::IRuntime> runtime;
+  std::unique_ptr<nvinfer1::ICudaEngine> engine;
+  std::unique_ptr<nvinfer1::IExecutionContext> context;
+  DeviceBuffer x, t, y, out;
+  cudaStream_t stream = nullptr;
+  int min_batch = 0, max_batch = 0;
+
+  ~Impl() {
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+};
+
+Engine::Engine(std::string const& plan_path, std::string const& plugin_path, int device) : impl_(new Impl) {
+  Impl& m = *impl_;
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  m.config = read_sidecar(plan_path, device);
+
+  m.runtime.reset(nvinfer1::createInferRuntime(m.logger));
+  if (!m.runtime) throw std::runtime_error("cannot create the TensorRT runtime");
+  // The registry is process-wide: a second Engine finds BiWKV already registered.
+  nvinfer1::IPluginRegistry& registry = m.runtime->getPluginRegistry();
+  if (registry.getCreator("BiWKV", "1", "") == nullptr && registry.loadLibrary(plugin_path.c_str()) == nullptr)
+    throw std::runtime_error("TensorRT could not load the BiWKV plugin library " + plugin_path);
+
+  std::string const plan = read_file(plan_path, "TensorRT engine");
+  m.engine.reset(m.runtime->deserializeCudaEngine(plan.data(), plan.size()));
+  if (!m.engine) throw std::runtime_error(plan_path + ": TensorRT could not deserialize the engine (see its log)");
+  for (char const* name : kIoNames) {
+    nvinfer1::DataType const expected = std::string(name) == "y" ? nvinfer1::DataType::kINT64 : nvinfer1::DataType::kFLOAT;
+    if (m.engine->getTensorIOMode(name) == nvinfer1::TensorIOMode::kNONE || m.engine->getTensorDataType(name) != expected)
+      throw std::runtime_error(plan_path + ": expected I/O x, t (float32), y (int64), out (float32)");
+  }
+  m.context.reset(m.engine->createExecutionContext());
+  if (!m.context) throw std::runtime_error(plan_path + ": cannot create an execution context");
+  m.min_batch = int(m.engine->getProfileShape("x", 0, nvinfer1::OptProfileSelector::kMIN).d[0]);
+  m.max_batch = int(m.engine->getProfileShape("x", 0, nvinfer1::OptProfileSelector::kMAX).d[0]);
+
+  size_t const plane = size_t(m.config.image_size) * size_t(m.config.image_size), batch = size_t(m.max_batch);
+  m.x.allocate(batch * size_t(m.config.in_channels) * plane * sizeof(float));
+  m.t.allocate(batch * sizeof(float));
+  m.y.allocate(batch * sizeof(int64_t));
+  m.out.allocate(batch * size_t(m.config.out_channels()) * plane * sizeof(float));
+  m.context->setTensorAddress("x", m.x.ptr);
+  m.context->setTensorAddress("t", m.t.ptr);
+  m.context->setTensorAddress("y", m.y.ptr);
+  m.context->setTensorAddress("out", m.out.ptr);
+  check_cuda(cudaStreamCreate(&m.stream), "cudaStreamCreate");
+}
+
+Engine::~Engine() = default;
+
+ModelConfig const& Engine::config() const { return impl_->config; }
+int Engine::min_batch() const { return impl_->min_batch; }
+int Engine::max_batch() const { return impl_->max_batch; }
+
+void Engine::denoise(int64_t n, float const* x, float const* t, int64_t const* y, float* out) {
+  Impl& m = *impl_;
+  int64_t const C = m.config.in_channels, S = m.config.image_size, in_size = C * S * S;
+  int64_t const out_size = int64_t(m.config.out_channels()) * S * S;
+  for (int64_t start = 0; start < n; start += m.max_batch) {
+    int64_t const b = std::min<int64_t>(m.max_batch, n - start);
+    if (b < m.min_batch)
+      throw std::runtime_error("batch of " + std::to_string(b) + " is below the engine's minimum " +
+                               std::to_string(m.min_batch));
+    if (!m.context->setInputShape("x", shape({b, C, S, S})) || !m.context->setInputShape("t", shape({b})) ||
+        !m.context->setInputShape("y", shape({b})))
+      throw std::runtime_error("the engine rejected input batch " + std::to_string(b));
+    auto const to_device = cudaMemcpyHostToDevice;
+    check_cuda(cudaMemcpyAsync(m.x.ptr, x + start * in_size, size_t(b * in_size) * sizeof(float), to_device, m.stream),
+               "copy x");
+    check_cuda(cudaMemcpyAsync(m.t.ptr, t + start, size_t(b) * sizeof(float), to_device, m.stream), "copy t");
+    check_cuda(cudaMemcpyAsync(m.y.ptr, y + start, size_t(b) * sizeof(int64_t), to_device, m.stream), "copy y");
+    if (!m.context->enqueueV3(m.stream)) throw std::runtime_error("TensorRT execution failed (see its log)");
+    check_cuda(cudaMemcpyAsync(out + start * out_size, m.out.ptr, size_t(b * out_size) * sizeof(float),
+                               cudaMemcpyDeviceToHost, m.stream),
+               "copy out");
+    check_cuda(cudaStreamSynchronize(m.stream), "cudaStreamSynchronize");
+  }
+}
+
+std::vector<float> generate(Engine& engine, Sampler& sampler, std::vector<int64_t> const& labels, float cfg_scale,
+                            uint64_t seed) {
+  ModelConfig const& config = engine.config();
+  ImageShape const shape{int64_t(labels.size()), config.in_channels, config.image_size, config.image_size};
+  int64_t const B = shape.batch, out_channels = config.out_channels();
+  bool const guided = cfg_scale != 1.0f;
+
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  auto draw = [&](std::vector<float>& v) { std::generate(v.begin(), v.end(), [&] { return normal(rng); }); };
+
+  std::vector<float> x(size_t(shape.numel())), noise(x.size());
+  draw(x);
+  // With guidance the model sees [x; x] with labels [y; null] in one call.
+  std::vector<int64_t> y(labels);
+  if (guided) y.insert(y.end(), labels.size(), int64_t(config.num_classes));
+  size_t const out_image = size_t(out_channels * shape.plane());
+  std::vector<float> model_in(guided ? 2 * x.size() : 0), t(y.size());
+  std::vector<float> raw(y.size() * out_image), out(guided ? size_t(B) * out_image : 0);
+
+  sampler.reset();
+  for (int i = 0; i < sampler.steps(); ++i) {
+    std::fill(t.begin(), t.end(), float(sampler.timestep(i)));
+    if (guided) {
+      std::copy(x.begin(), x.end(), model_in.begin());
+      std::copy(x.begin(), x.end(), model_in.begin() + long(x.size()));
+    }
+    engine.denoise(int64_t(y.size()), guided ? model_in.data() : x.data(), t.data(), y.data(), raw.data());
+    if (guided) guided_output(shape, raw.data(), out_channels, cfg_scale, out.data());
+    if (sampler.stochastic()) draw(noise);  // every step, as the Python loop, so the stream is step-independent
+    sampler.step(i, shape, x.data(), guided ? out.data() : raw.data(), out_channels,
+                 sampler.stochastic() ? noise.data() : nullptr, x.data());
+  }
+  return x;
+}
+
+}  // namespace drwkv

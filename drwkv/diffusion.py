@@ -1,0 +1,208 @@
+"""Gaussian diffusion for training and previews (the recipe of DiT / improved DDPM).
+
+- linear beta schedule 1e-4 .. 0.02 over 1000 steps, tables in float64 numpy;
+- the model predicts epsilon and, with learned sigma, a per-pixel interpolation v in [-1, 1]
+  between log(beta_t) and log(posterior variance) (learned-range variance);
+- loss = MSE(eps) + the variational bound term, whose mean is computed from a stop-gradient eps
+  so that the bound trains only the variance;
+- respacing keeps a subset of timesteps (for fast sampling) with recomputed betas; the model is
+  still called with the original timestep indices;
+- DDPM (ancestral) and DDIM samplers in PyTorch, used for training previews and evaluation.
+
+    diffusion = GaussianDiffusion()                         # 1000 steps, for training
+    losses = diffusion.training_losses(model, x0, t, y)     # dict with "loss", "mse", "vb"
+    sampler = diffusion.respace("ddim50")                   # 50 steps for sampling
+    x = sampler.ddim_sample(model_fn, shape, generator=g)   # model_fn(x, t) -> model output
+"""
+import math
+
+import numpy as np
+import torch
+
+
+def linear_betas(num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+
+
+def space_timesteps(num_timesteps, spec):
+    """Timesteps kept by a respacing spec: "ddimN" (evenly strided, DDIM-style, includes 0) or an
+    int / "N" (N steps as evenly as possible over [0, num_timesteps - 1])."""
+    if isinstance(spec, str) and spec.startswith("ddim"):
+        n = int(spec[len("ddim"):])
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == n:
+                return sorted(range(0, num_timesteps, stride))
+        raise ValueError(f"cannot take exactly {n} evenly strided steps out of {num_timesteps}")
+    n = int(spec)
+    if not 1 <= n <= num_timesteps:
+        raise ValueError(f"cannot respace {num_timesteps} steps to {n}")
+    if n == 1:
+        return [num_timesteps - 1]
+    return sorted({round(i * (num_timesteps - 1) / (n - 1)) for i in range(n)})
+
+
+def _gather(table, t, ndim):
+    """table[t] as a float32 tensor broadcastable against a [B, ...] tensor with ndim dims."""
+    out = torch.from_numpy(table).to(t.device)[t].float()
+    return out.reshape(-1, *([1] * (ndim - 1)))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _standard_normal_cdf(x):
+    # The tanh approximation used by improved DDPM (and DiT), accurate to ~1e-3.
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales):
+    """log p(x) for data x in [-1, 1] quantised to 256 levels under N(means, e^(2 log_scales))."""
+    centered = x - means
+    inv_std = torch.exp(-log_scales)
+    cdf_plus = _standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _standard_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus,
+                       torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+
+
+class GaussianDiffusion:
+    def __init__(self, betas=None, learn_sigma=True, timestep_map=None):
+        betas = linear_betas() if betas is None else np.asarray(betas, dtype=np.float64)
+        self.betas = betas
+        self.learn_sigma = learn_sigma
+        self.num_timesteps = len(betas)
+        # Index i of this (possibly respaced) process is timestep timestep_map[i] of the original.
+        self.timestep_map = np.arange(self.num_timesteps) if timestep_map is None else np.asarray(timestep_map)
+
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+        # q(x_{t-1} | x_t, x_0)
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # The posterior variance is 0 at t = 0; take the t = 1 value there so the log stays finite.
+        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+
+    def respace(self, spec):
+        """A process over a subset of timesteps ("ddim50", 250, ...) with betas recomputed so that
+        its alphas_cumprod equal the original ones at the kept timesteps."""
+        use = space_timesteps(self.num_timesteps, spec)
+        last, betas = 1.0, []
+        for i in use:
+            betas.append(1 - self.alphas_cumprod[i] / last)
+            last = self.alphas_cumprod[i]
+        return GaussianDiffusion(np.array(betas), self.learn_sigma, self.timestep_map[use])
+
+    # ----- forward process
+    def q_sample(self, x0, t, noise):
+        return (_gather(self.sqrt_alphas_cumprod, t, x0.ndim) * x0
+                + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise)
+
+    def q_posterior(self, x0, xt, t):
+        mean = (_gather(self.posterior_mean_coef1, t, xt.ndim) * x0
+                + _gather(self.posterior_mean_coef2, t, xt.ndim) * xt)
+        return mean, _gather(self.posterior_log_variance_clipped, t, xt.ndim)
+
+    # ----- reverse process
+    def p_mean_variance(self, model_output, xt, t, clip_denoised=True):
+        """Mean, log-variance and predicted x0 of p(x_{t-1} | x_t) from the raw model output."""
+        C = xt.shape[1]
+        if self.learn_sigma:
+            eps, v = model_output[:, :C], model_output[:, C:]
+            min_log = _gather(self.posterior_log_variance_clipped, t, xt.ndim)
+            max_log = _gather(np.log(self.betas), t, xt.ndim)
+            frac = (v + 1) / 2
+            log_variance = frac * max_log + (1 - frac) * min_log
+        else:
+            eps = model_output
+            log_variance = _gather(self.posterior_log_variance_clipped, t, xt.ndim)
+        pred_x0 = (_gather(self.sqrt_recip_alphas_cumprod, t, xt.ndim) * xt
+                   - _gather(self.sqrt_recipm1_alphas_cumprod, t, xt.ndim) * eps)
+        if clip_denoised:
+            pred_x0 = pred_x0.clamp(-1, 1)
+        mean, _ = self.q_posterior(pred_x0, xt, t)
+        return mean, log_variance, pred_x0, eps
+
+    def model_timesteps(self, t):
+        """Indices of this process -> the original timesteps the model was trained on."""
+        return torch.from_numpy(self.timestep_map).to(t.device)[t]
+
+    # ----- training
+    def training_losses(self, model, x0, t, y, noise=None):
+        """Per-example losses {"loss", "mse", "vb"} for model(x_t, t, y) at indices t [B]."""
+        noise = torch.randn_like(x0) if noise is None else noise
+        xt = self.q_sample(x0, t, noise)
+        out = model(xt, self.model_timesteps(t), y)
+        C = x0.shape[1]
+        mse = ((out[:, :C] - noise) ** 2).mean(dim=(1, 2, 3))
+        if not self.learn_sigma:
+            return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
+        # The bound trains only the variance: its mean comes from a frozen eps prediction.
+        frozen = torch.cat([out[:, :C].detach(), out[:, C:]], dim=1)
+        vb = self.vb_term(frozen, x0, xt, t)
+        return {"loss": mse + vb, "mse": mse, "vb": vb}
+
+    def vb_term(self, model_output, x0, xt, t):
+        """Variational bound term in bits per dim: KL(q(x_{t-1}|x_t,x_0) || p) for t > 0 and the
+        discretised decoder NLL at t = 0."""
+        true_mean, true_log_var = self.q_posterior(x0, xt, t)
+        mean, log_var, _, _ = self.p_mean_variance(model_output, xt, t, clip_denoised=False)
+        kl = normal_kl(true_mean, true_log_var, mean, log_var).mean(dim=(1, 2, 3)) / math.log(2.0)
+        nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var).mean(dim=(1, 2, 3)) / math.log(2.0)
+        return torch.where(t == 0, nll, kl)
+
+    # ----- sampling; model_fn(x, model_timesteps) -> model output
+    @torch.no_grad()
+    def ddpm_sample(self, model_fn, shape, generator=None, device="cpu", progress=None):
+        x = torch.randn(shape, generator=generator, device=device)
+        for i in self._steps(progress):
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            mean, log_var, _, _ = self.p_mean_variance(model_fn(x, self.model_timesteps(t)), x, t)
+            noise = torch.randn(shape, generator=generator, device=device)
+            x = mean + (torch.exp(0.5 * log_var) * noise if i > 0 else 0)
+        return x
+
+    @torch.no_grad()
+    def ddim_sample(self, model_fn, shape, eta=0.0, generator=None, device="cpu", progress=None):
+        x = torch.randn(shape, generator=generator, device=device)
+        for i in self._steps(progress):
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            _, _, pred_x0, _ = self.p_mean_variance(model_fn(x, self.model_timesteps(t)), x, t)
+            # Recompute eps from the clipped x0 so the update stays consistent with the clip.
+            eps = ((_gather(self.sqrt_recip_alphas_cumprod, t, x.ndim) * x - pred_x0)
+                   / _gather(self.sqrt_recipm1_alphas_cumprod, t, x.ndim))
+            a_prev = _gather(self.alphas_cumprod_prev, t, x.ndim)
+            a = _gather(self.alphas_cumprod, t, x.ndim)
+            sigma = eta * torch.sqrt((1 - a_prev) / (1 - a)) * torch.sqrt(1 - a / a_prev)
+            x = pred_x0 * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev - sigma ** 2) * eps
+            if eta > 0 and i > 0:
+                x = x + sigma * torch.randn(shape, generator=generator, device=device)
+        return x
+
+    def _steps(self, progress):
+        steps = range(self.num_timesteps - 1, -1, -1)
+        return progress(steps) if progress is not None else steps
+
+
+def guided_model_fn(model, y, cfg_scale, num_classes):
+    """model_fn for the samplers: class-conditional on y [B], with classifier-free guidance when
+    cfg_scale != 1 (one batched call on [x; x] with labels [y; null])."""
+    if cfg_scale == 1.0:
+        return lambda x, t: model(x, t, y)
+    null = torch.full_like(y, num_classes)
+
+    def fn(x, t):
+        out = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cfg_scale)
+        return out[: len(x)]
+    return fn

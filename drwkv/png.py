@@ -1,0 +1,40 @@
+"""Sampled images to PNG files: [-1, 1] floats to 8-bit, grids, and generation parameters in tEXt chunks."""
+import math
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+
+def to_uint8(x):
+    """float [B,C,H,W] in [-1, 1] -> uint8 [B,H,W,C] (rounded, clipped)."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def make_grid(images, nrow=None, padding=2):
+    """uint8 [B,H,W,C] -> one uint8 [rows*(H+p)+p, nrow*(W+p)+p, C] image, row-major, black padding."""
+    B, H, W, C = images.shape
+    nrow = nrow or math.ceil(math.sqrt(B))
+    rows = math.ceil(B / nrow)
+    grid = np.zeros((rows * (H + padding) + padding, nrow * (W + padding) + padding, C), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, nrow)
+        top, left = padding + r * (H + padding), padding + c * (W + padding)
+        grid[top:top + H, left:left + W] = image
+    return grid
+
+
+def save_png(path, image, text=None):
+    """Write uint8 [H,W,1] (grayscale) or [H,W,3] (RGB) to ``path`` with ``text`` as tEXt chunks.
+
+    The bytes depend only on the pixels and the text (no timestamps), so equal inputs give equal files.
+    """
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"PNG needs 1 or 3 channels, the images have {image.shape[-1]} "
+                         f"(a latent-space model needs its decoder first)")
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, str(value))
+    pixels = image[:, :, 0] if image.shape[2] == 1 else image
+    Image.fromarray(pixels).save(path, pnginfo=info)

@@ -1,0 +1,48 @@
+"""Inference backends behind one ``Denoiser`` interface (see ``drwkv.runtime.base``).
+
+    from drwkv.runtime import load_denoiser
+    denoiser = load_denoiser(onnx="model.onnx")        # or engine="model.plan", or ckpt="ckpt.pt"
+    out = denoiser(x, t, y)                            # numpy in, numpy out
+
+Backends: TensorRT engine (``drwkv.runtime.tensorrt``), ONNX Runtime (``drwkv.runtime.onnx``) and
+the PyTorch checkpoint (``drwkv.runtime.torch_ckpt``). Each is imported only when chosen, so
+importing this package, and the ONNX Runtime and TensorRT paths, never import torch.
+"""
+from drwkv.runtime.base import ArtifactError, Denoiser
+
+__all__ = ["ArtifactError", "Denoiser", "load_denoiser"]
+
+
+def load_denoiser(engine=None, onnx=None, ckpt=None, **options):
+    """The denoiser of exactly one artifact: a TensorRT ``engine``, an ``onnx`` model or a ``ckpt``.
+
+    ``options`` go to the backend (ONNX Runtime: providers, intra_op_threads; PyTorch: device,
+    threads). Raises ArtifactError for a missing or unusable file, RuntimeError when the backend's
+    packages are not installed, ValueError unless exactly one artifact is given.
+    """
+    given = [name for name, value in (("engine", engine), ("onnx", onnx), ("ckpt", ckpt)) if value is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of engine, onnx, ckpt (got {', '.join(given) or 'none'})")
+    if engine is not None:
+        try:
+            from drwkv.runtime.tensorrt import TensorRTDenoiser
+        except ImportError as e:
+            raise RuntimeError(f"cannot run TensorRT engine {engine}: the TensorRT backend is unavailable ({e}); "
+                               f"install TensorRT's Python package (pip install tensorrt) on a machine with "
+                               f"an NVIDIA GPU, or use --onnx / --ckpt") from None
+        return TensorRTDenoiser(engine, **options)
+    if onnx is not None:
+        try:
+            import onnx as _onnx  # noqa: F401  (checked here for a clear message)
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError(f"running an ONNX model needs onnx and onnxruntime ({e}); "
+                               f"pip install 'drwkv[onnx]'") from None
+        from drwkv.runtime.onnx import OnnxRuntimeDenoiser
+        return OnnxRuntimeDenoiser(onnx, **options)
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"loading a checkpoint needs PyTorch ({e}); use an exported --onnx or --engine") from None
+    from drwkv.runtime.torch_ckpt import TorchDenoiser
+    return TorchDenoiser(ckpt, **options)

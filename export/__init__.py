@@ -1,0 +1,1 @@
+"""Exporters: ``python -m export.to_onnx`` (checkpoint -> ONNX) and ``python -m export.to_trt`` (ONNX -> TensorRT)."""

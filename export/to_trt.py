@@ -1,0 +1,170 @@
+"""Build a TensorRT engine of an exported denoiser (or of a checkpoint, exported to ONNX first).
+
+    python -m export.to_trt model.onnx -o model.plan
+    python -m export.to_trt ckpt.pt -o model.plan --dtype fp16          # writes model.onnx next to the plan
+    python -m export.to_trt model.onnx -o model.plan --max-batch 16 --timing-cache trt.cache
+
+Writes the serialized engine (``model.plan``) and its JSON sidecar (``model.plan.json``): the model
+config from the ONNX metadata, the TensorRT version, the GPU name and compute capability, the
+plugin's name and version, the precision and the batch profile. ``drwkv.runtime.tensorrt`` checks
+the sidecar before it loads the plan.
+
+The BiWKV nodes (domain drwkv) reach our plugin through the ONNX parser's fallback importer, which
+looks the op_type up in the plugin registry: the plugin library (--plugin, default: the built
+libdrwkv_trt_plugin.so, see drwkv.runtime.tensorrt.find_plugin_library) is loaded first. The
+network is strongly typed: layer precision comes from the graph's types, so an fp16 engine is
+built from an fp16 export (``--dtype fp16``), and no builder precision flags are set.
+
+Needs TensorRT's Python package, cuda-python and onnx, on a machine with an NVIDIA GPU; without
+them the command says what is missing and exits with status 1.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+class BuildError(RuntimeError):
+    """The engine could not be built; the message is one line."""
+
+
+def _check_bi_wkv_nodes(model, path):
+    """Every drwkv BiWKV node must ask for the plugin version we build; returns how many there are."""
+    from drwkv.runtime.tensorrt import PLUGIN_VERSION
+    from export.to_onnx import BIWKV_DOMAIN, BIWKV_OP
+
+    nodes = [n for n in model.graph.node if n.domain == BIWKV_DOMAIN and n.op_type == BIWKV_OP]
+    for node in nodes:
+        versions = [a.s.decode() for a in node.attribute if a.name == "plugin_version"]
+        if versions and versions[0] != PLUGIN_VERSION:
+            raise BuildError(f"{path}: node {node.name} asks for BiWKV plugin_version {versions[0]!r}, "
+                             f"the plugin implements {PLUGIN_VERSION!r}")
+    return len(nodes)
+
+
+def build_engine(onnx_path, plan_path, plugin=None, min_batch=1, opt_batch=8, max_batch=32, workspace_mib=4096,
+                 timing_cache=None, verbose=False):
+    """Build ``plan_path`` (and its sidecar) from a drwkv ONNX denoiser; returns the sidecar dict."""
+    import tensorrt as trt
+
+    from drwkv.runtime import tensorrt as backend
+    from drwkv.runtime.onnx import read_onnx
+
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise ValueError(f"need 1 <= min-batch <= opt-batch <= max-batch, got {min_batch}, {opt_batch}, {max_batch}")
+    model, config = read_onnx(onnx_path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    nodes = _check_bi_wkv_nodes(model, onnx_path)
+    del model  # the parser reads the file itself (external weights included)
+    library = backend.load_plugin_library(plugin)
+
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Precision from the graph's types. TensorRT 11 networks are always strongly typed (the flag is
+    # deprecated there); TensorRT 10 needs the flag.
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(os.fspath(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)).strip().replace("\n", " ") for i in range(parser.num_errors))
+        raise BuildError(f"{onnx_path}: the ONNX parser failed: {errors[:500]}")
+
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        rest = list(tensor.shape)[1:]  # only the batch dimension is dynamic in a drwkv export
+        if any(d < 0 for d in rest):
+            raise BuildError(f"{onnx_path}: input {tensor.name} has dynamic dimensions besides the batch: "
+                             f"{list(tensor.shape)}")
+        profile.set_shape(tensor.name, [min_batch, *rest], [opt_batch, *rest], [max_batch, *rest])
+    builder_config.add_optimization_profile(profile)
+    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
+    builder_config.set_timing_cache(builder_config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise BuildError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
+    _write_atomically(plan_path, bytes(serialized))
+    if timing_cache:
+        _write_atomically(timing_cache, bytes(builder_config.get_timing_cache().serialize()))
+
+    sidecar = {
+        "format": backend.SIDECAR_FORMAT,
+        "config": config,
+        "tensorrt_version": trt.__version__,
+        **backend.gpu_identity(),
+        "plugin": {"name": backend.PLUGIN_NAME, "version": backend.PLUGIN_VERSION, "library": str(library)},
+        "bi_wkv_nodes": nodes,
+        "precision": meta.get("drwkv.dtype", "fp32"),
+        "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch},
+        "onnx": os.path.abspath(onnx_path),
+    }
+    _write_atomically(backend.sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return sidecar
+
+
+def _write_atomically(path, data):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m export.to_trt",
+        description="Build a TensorRT engine (with the BiWKV plugin) from a drwkv ONNX model or checkpoint.")
+    parser.add_argument("source", help="model.onnx from python -m export.to_onnx, or a checkpoint (exported first)")
+    parser.add_argument("-o", "--output", required=True, help="the engine to write (model.plan; + model.plan.json)")
+    parser.add_argument("--plugin", help="BiWKV plugin library (default: the built libdrwkv_trt_plugin.so)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16"),
+                        help="precision of the ONNX export of a checkpoint (default fp32); an ONNX source keeps its own")
+    parser.add_argument("--min-batch", type=int, default=1, help="smallest batch of the profile (default 1)")
+    parser.add_argument("--opt-batch", type=int, default=8, help="batch TensorRT tunes for (default 8)")
+    parser.add_argument("--max-batch", type=int, default=32, help="largest batch of the profile (default 32)")
+    parser.add_argument("--workspace", type=int, default=4096, metavar="MIB",
+                        help="builder workspace limit in MiB (default 4096)")
+    parser.add_argument("--timing-cache", help="timing cache file: read when it exists, written after the build")
+    parser.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
+    args = parser.parse_args(argv)
+
+    # Check the toolchain before any work: the import states what is missing in one line.
+    try:
+        import onnx  # noqa: F401
+
+        import drwkv.runtime.tensorrt  # noqa: F401
+    except ImportError as e:
+        parser.exit(1, f"{parser.prog}: error: {e}; building an engine needs TensorRT's Python package "
+                       f"(pip install tensorrt), cuda-python and onnx on a machine with an NVIDIA GPU\n")
+
+    from drwkv.runtime.base import ArtifactError
+
+    source = Path(args.source)
+    try:
+        if source.suffix == ".onnx":
+            if args.dtype is not None:
+                parser.error("--dtype applies to a checkpoint source; an ONNX model keeps the precision it was "
+                             "exported with")
+            onnx_path = source
+        else:
+            from export.to_onnx import export_onnx
+
+            onnx_path = Path(args.output).with_suffix(".onnx")
+            export_onnx(source, onnx_path, dtype=args.dtype or "fp32")
+            print(f"exported {onnx_path}", file=sys.stderr)
+        sidecar = build_engine(onnx_path, args.output, args.plugin, args.min_batch, args.opt_batch, args.max_batch,
+                               args.workspace, args.timing_cache, args.verbose)
+    except (ArtifactError, BuildError, FileNotFoundError, ImportError, RuntimeError, ValueError) as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    config, profile = sidecar["config"], sidecar["profile"]
+    print(f"wrote {args.output}: {config['model']} {config['image_size']}px, {sidecar['precision']}, "
+          f"batch {profile['min_batch']}..{profile['max_batch']}, TensorRT {sidecar['tensorrt_version']} on "
+          f"{sidecar['gpu']} (sm {sidecar['compute_capability']})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from drwkv.diffusion import GaussianDiffusion, guided_model_fn, linear_betas, normal_kl, space_timesteps
+from drwkv.model import build_model
+
+
+def test_linear_schedule():
+    betas = linear_betas()
+    assert betas.dtype == np.float64 and len(betas) == 1000
+    assert betas[0] == 1e-4 and betas[-1] == 0.02
+    np.testing.assert_allclose(np.diff(betas), (0.02 - 1e-4) / 999)
+    d = GaussianDiffusion()
+    np.testing.assert_allclose(d.alphas_cumprod, np.cumprod(1 - betas))
+    assert d.alphas_cumprod[-1] < 5e-5  # x_T is essentially pure noise
+
+
+def test_q_sample_matches_closed_form():
+    d = GaussianDiffusion()
+    x0, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = torch.tensor([0, 400, 999])
+    ab = torch.tensor(d.alphas_cumprod[[0, 400, 999]], dtype=torch.float32).view(3, 1, 1, 1)
+    torch.testing.assert_close(d.q_sample(x0, t, noise), ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
+
+
+def test_space_timesteps():
+    assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
+    kept = space_timesteps(1000, 250)
+    assert len(kept) == 250 and kept[0] == 0 and kept[-1] == 999
+    with pytest.raises(ValueError):
+        space_timesteps(1000, "ddim900")  # no stride gives exactly 900 steps
+    with pytest.raises(ValueError):
+        space_timesteps(1000, 1001)
+
+
+def test_respaced_process_keeps_alphas_cumprod():
+    d = GaussianDiffusion()
+    s = d.respace("ddim25")
+    assert s.num_timesteps == 25
+    np.testing.assert_allclose(s.alphas_cumprod, d.alphas_cumprod[s.timestep_map], rtol=1e-12)
+    assert s.model_timesteps(torch.tensor([0, 24])).tolist() == [0, 960]
+
+
+def test_vb_is_zero_for_the_true_posterior():
+    # A model that predicts the true noise and the posterior variance (v = -1) has KL = 0 for t > 0.
+    d = GaussianDiffusion(learn_sigma=True)
+    x0, noise = torch.rand(4, 1, 6, 6) * 2 - 1, torch.randn(4, 1, 6, 6)
+    t = torch.tensor([1, 10, 500, 999])
+    xt = d.q_sample(x0, t, noise)
+    perfect = torch.cat([noise, -torch.ones_like(noise)], dim=1)
+    vb = d.vb_term(perfect, x0, xt, t)
+    assert vb.abs().max() < 1e-3
+    # The largest variance (beta_t) is worse; clearly so at small t where beta_t and the posterior differ.
+    worse = d.vb_term(torch.cat([noise, torch.ones_like(noise)], dim=1), x0, xt, t)
+    assert (worse[:2] > 1e-3).all()
+
+
+def test_normal_kl():
+    assert normal_kl(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0)) == 0
+    # KL(N(1,1) || N(0,1)) = 1/2
+    assert normal_kl(torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0)) == 0.5
+
+
+def test_vb_does_not_train_the_mean():
+    d = GaussianDiffusion(learn_sigma=True)
+    model = build_model({"model": "DRWKV-T/4", "image_size": 8, "in_channels": 1, "num_classes": 3,
+                         "learn_sigma": True})
+    x0, t, y = torch.randn(2, 1, 8, 8), torch.tensor([0, 300]), torch.tensor([0, 1])
+    out = torch.zeros(2, 2, 8, 8, requires_grad=True)
+    d.training_losses(lambda *args: out, x0, t, y)["vb"].sum().backward()
+    assert torch.equal(out.grad[:, :1], torch.zeros_like(out.grad[:, :1]))  # eps channels: no VB gradient
+    assert out.grad[:, 1:].abs().sum() > 0
+    assert set(d.training_losses(model, x0, t, y)) == {"loss", "mse", "vb"}
+
+
+def oracle(d, target):
+    """The exact eps-predictor for a data distribution concentrated on `target`."""
+    def fn(x, t_model):
+        ab = torch.tensor(d.alphas_cumprod, dtype=torch.float32)[t_model].view(-1, 1, 1, 1)
+        eps = (x - ab.sqrt() * target) / (1 - ab).sqrt()
+        return torch.cat([eps, torch.zeros_like(eps)], dim=1)
+    return fn
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_samplers_recover_a_point_mass(sampler):
+    d = GaussianDiffusion(learn_sigma=True)
+    target = torch.rand(3, 1, 5, 5) * 1.6 - 0.8
+    s = d.respace("ddim20" if sampler == "ddim" else 50)
+    g = torch.Generator().manual_seed(0)
+    sample = s.ddim_sample if sampler == "ddim" else s.ddpm_sample
+    out = sample(oracle(d, target), target.shape, generator=g)
+    torch.testing.assert_close(out, target, atol=1e-4, rtol=0)
+
+
+def test_guided_model_fn():
+    model = build_model({"model": "DRWKV-T/4", "image_size": 8, "in_channels": 1, "num_classes": 3,
+                         "learn_sigma": True})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([50, 50]), torch.tensor([0, 2])
+    plain = guided_model_fn(model, y, 1.0, 3)(x, t)
+    torch.testing.assert_close(plain, model(x, t, y))
+    guided = guided_model_fn(model, y, 4.0, 3)(x, t)
+    uncond = model(x, t, torch.tensor([3, 3]))
+    torch.testing.assert_close(guided[:, :1], uncond[:, :1] + 4.0 * (plain[:, :1] - uncond[:, :1]),
+                               rtol=1e-4, atol=1e-5)

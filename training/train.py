@@ -1,0 +1,267 @@
+"""Train a class-conditional Diffusion-RWKV (or DiT) denoiser.
+
+Single process:
+    python -m training.train --dataset fashion-mnist --model DRWKV-T/2 --image-size 32 --out runs/fm
+Data parallel (gloo on CPU, nccl on GPU; --batch-size is the global batch):
+    torchrun --nproc_per_node 2 -m training.train ...
+Resume exactly where a checkpoint left off (same arguments, --steps may grow):
+    python -m training.train ... --resume runs/fm/ckpt.pt
+
+Everything random in a step (batch order, timesteps, noise, label dropout) is drawn from a
+generator seeded by (seed, step) for the whole global batch, and each rank takes its slice.
+So resuming is exact, and N processes compute the same update as one process with the same
+global batch. Rank 0 writes <out>/metrics.jsonl, <out>/samples/step_XXXXXXX.png and <out>/ckpt.pt.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from drwkv.diffusion import GaussianDiffusion, guided_model_fn, linear_betas
+from drwkv.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_CONFIGS, build_model, read_checkpoint
+from training.data import DATASETS, batch_indices, load_dataset
+
+# ----------------------------------------------------------------------------- configuration
+parser = argparse.ArgumentParser(description="Train a Diffusion-RWKV image generator.")
+parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+parser.add_argument("--data-dir", default=None, help="dataset directory (folder dataset, or a fashion-mnist copy)")
+parser.add_argument("--model", default="DRWKV-T/2", choices=list(MODEL_CONFIGS))
+parser.add_argument("--image-size", type=int, default=32)
+parser.add_argument("--learn-sigma", type=int, default=1, choices=(0, 1), help="learned-range variance (1) or fixed (0)")
+parser.add_argument("--steps", type=int, default=2000, help="total optimizer steps")
+parser.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step")
+parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step and rank")
+parser.add_argument("--lr", type=float, default=1e-3)
+parser.add_argument("--warmup", type=int, default=100, help="linear learning-rate warmup steps")
+parser.add_argument("--ema-decay", type=float, default=0.999)
+parser.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm (0 = off)")
+parser.add_argument("--label-dropout", type=float, default=0.1, help="probability of the null class")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--out", default="runs/default")
+parser.add_argument("--sample-every", type=int, default=500, help="steps between sample grids (0 = only at the end)")
+parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps for sample grids")
+parser.add_argument("--sample-cfg", type=float, default=2.0, help="classifier-free guidance scale for sample grids")
+parser.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints (0 = only at the end)")
+parser.add_argument("--log-every", type=int, default=1, help="steps between metrics.jsonl lines")
+parser.add_argument("--resume", default=None, help="checkpoint to continue from")
+parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = torch default)")
+
+
+# ----------------------------------------------------------------------------- helpers
+def rng_state():
+    """All global RNG states as tensors and ints (so the checkpoint loads with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]), "numpy_has_gauss": int(np_state[3]),
+        "numpy_cached_gauss": torch.tensor(np_state[4], dtype=torch.float64),
+        "python_version": py_version, "python_internal": torch.tensor(py_internal, dtype=torch.int64),
+        "python_gauss": torch.tensor([] if py_gauss is None else [py_gauss], dtype=torch.float64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], float(state["numpy_cached_gauss"])))
+    gauss = state["python_gauss"].tolist()
+    random.setstate((state["python_version"], tuple(state["python_internal"].tolist()), gauss[0] if gauss else None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj, path):
+    """Write to a temp file in the same directory, then rename: readers never see a partial file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_grid(images, path, nrow):
+    """images [N, C, H, W] in [-1, 1] -> PNG grid with nrow images per row and 2 px gaps."""
+    from PIL import Image
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    n, c, h, w = x.shape
+    rows = math.ceil(n / nrow)
+    grid = torch.zeros(c, rows * (h + 2) + 2, nrow * (w + 2) + 2, dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[:, 2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + col * (w + 2): 2 + col * (w + 2) + w] = x[i]
+    array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def sample_grid(model, config, args, device, per_class=8):
+    """One row per class (at most 10), DDIM with classifier-free guidance, fixed noise."""
+    num_classes = min(config["num_classes"], 10)
+    y = torch.arange(num_classes, device=device).repeat_interleave(per_class)
+    sampler = GaussianDiffusion(learn_sigma=config["learn_sigma"]).respace(f"ddim{args.sample_steps}")
+    shape = (len(y), config["in_channels"], config["image_size"], config["image_size"])
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    return sampler.ddim_sample(guided_model_fn(model, y, args.sample_cfg, config["num_classes"]), shape,
+                               generator=g, device=device), per_class
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    ddp = "RANK" in os.environ
+    if ddp:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    else:
+        rank, world, local_rank = 0, 1, 0
+    master = rank == 0
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if args.batch_size % (world * args.grad_accum):
+        raise SystemExit(f"--batch-size {args.batch_size} must be divisible by processes x --grad-accum "
+                         f"= {world} x {args.grad_accum}")
+    micro = args.batch_size // (world * args.grad_accum)
+    # bf16 autocast on GPU only; CPU training stays in float32.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    images, labels, class_names = load_dataset(args.dataset, args.image_size, "train", args.data_dir)
+    config = {
+        "model": args.model, "image_size": args.image_size, "in_channels": images.shape[1],
+        "num_classes": len(class_names), "learn_sigma": bool(args.learn_sigma), "class_names": class_names,
+        "dataset": args.dataset,
+        "diffusion": {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000},
+    }
+    diffusion = GaussianDiffusion(linear_betas(1000, 1e-4, 0.02), learn_sigma=config["learn_sigma"])
+
+    model = build_model(config).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    step = 0
+    if args.resume:
+        try:
+            ckpt = read_checkpoint(args.resume)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"--resume: {e}") from None
+        if "model" not in ckpt or "optimizer" not in ckpt:
+            raise SystemExit(f"{args.resume}: holds EMA weights only; it cannot be resumed")
+        for key in ("model", "image_size", "in_channels", "num_classes", "learn_sigma", "dataset"):
+            if ckpt["config"].get(key) != config[key]:
+                raise SystemExit(f"--resume: checkpoint has {key}={ckpt['config'].get(key)!r}, "
+                                 f"this run {config[key]!r}")
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        set_rng_state(ckpt["rng"])
+    train_model = DDP(model) if ddp else model
+
+    if master:
+        os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{args.model}: {params / 1e6:.2f}M params | {args.dataset}: {len(images)} images "
+              f"{tuple(images.shape[1:])}, {len(class_names)} classes | {world} process(es), "
+              f"global batch {args.batch_size} = {world} x {args.grad_accum} x {micro} | device {device}")
+
+    def checkpoint():
+        atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": config,
+                     "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                     "step": step, "rng": rng_state(), "args": vars(args)},
+                    os.path.join(args.out, "ckpt.pt"))
+
+    def samples():
+        grid, per_class = sample_grid(ema, config, args, device)
+        save_grid(grid, os.path.join(args.out, "samples", f"step_{step:07d}.png"), per_class)
+
+    bar = tqdm(total=args.steps, initial=step, disable=not master, dynamic_ncols=True)
+    metrics = open(os.path.join(args.out, "metrics.jsonl"), "a") if master else None
+    t0 = time.time()
+    while step < args.steps:
+        # Everything random in this step, drawn for the whole global batch from (seed, step).
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step + 1)
+        idx = batch_indices(len(images), args.batch_size, args.seed, step)
+        t_all = torch.randint(0, diffusion.num_timesteps, (args.batch_size,), generator=g)
+        noise_all = torch.randn((args.batch_size, *images.shape[1:]), generator=g)
+        drop_all = torch.rand(args.batch_size, generator=g) < args.label_dropout
+
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup > 0 else args.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros(3, device=device)  # loss, mse, vb summed over this rank's examples
+        for m in range(args.grad_accum):
+            # Rank r's micro-batch m: slice (m * world + r) of the global batch.
+            sl = slice((m * world + rank) * micro, (m * world + rank + 1) * micro)
+            x = images[idx[sl]].to(device)
+            y = torch.where(drop_all[sl], len(class_names), labels[idx[sl]]).to(device)
+            t, noise = t_all[sl].to(device), noise_all[sl].to(device)
+            # Gradients are averaged over ranks only on the last micro-step.
+            sync = train_model.no_sync() if ddp and m < args.grad_accum - 1 else nullcontext()
+            with sync:
+                with autocast:
+                    losses = diffusion.training_losses(train_model, x, t, y, noise)
+                # Mean over the micro-batch / accum steps: summed over micro-steps (and averaged by
+                # DDP over ranks) this is the mean over the global batch.
+                (losses["loss"].float().mean() / args.grad_accum).backward()
+            loss_sum += torch.stack([losses[k].detach().float().sum() for k in ("loss", "mse", "vb")])
+        if ddp:
+            dist.all_reduce(loss_sum)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad if args.clip_grad > 0 else math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_ema(ema, model, args.ema_decay)
+        step += 1
+
+        if master:
+            loss, mse, vb = (loss_sum / args.batch_size).tolist()
+            bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{(step - bar.initial) / (time.time() - t0):.2f}")
+            bar.update(1)
+            if step % args.log_every == 0:
+                metrics.write(json.dumps({"step": step, "loss": loss, "mse": mse, "vb": vb, "lr": lr,
+                                          "grad_norm": float(grad_norm), "time": time.time() - t0}) + "\n")
+                metrics.flush()
+            if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
+                samples()
+            if (args.ckpt_every and step % args.ckpt_every == 0) or step == args.steps:
+                checkpoint()
+    bar.close()
+    if master:
+        metrics.close()
+        print(f"done: {step} steps in {time.time() - t0:.0f}s; checkpoint {os.path.join(args.out, 'ckpt.pt')}")
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
