@@ -2,7 +2,8 @@
 # One short run on a machine with an NVIDIA GPU, nvcc and PyTorch with CUDA (nothing downloaded):
 # builds drwkv._C with the CUDA kernels for this GPU, checks them against the CPU kernel and the
 # float64 formula (fp32 and fp16, forward and backward, random and awkward shapes), then times the
-# forward at B=8, T=4096, C=1024 next to the card's copy bandwidth.
+# forward at B=8, T=4096, C=1024 next to the card's copy bandwidth, then runs the DRWKV-vs-DiT
+# scaling benchmark on the GPU.
 #
 #   bash scripts/gpu_check.sh            (from the repository root)
 set -euo pipefail
@@ -21,3 +22,6 @@ cp "$BUILD"/_C*.so drwkv/
 
 echo "== checks and timings"
 PYTHONPATH=. "$PYTHON" scripts/gpu_check.py "$@"
+
+echo "== DRWKV against DiT as tokens grow (batch 1, depth 13, width 384)"
+PYTHONPATH=. "$PYTHON" benchmarks/bench_scaling.py --device cuda --repeat 10 --plot "${PLOT_DIR:-build}/scaling_cuda.png"
