@@ -2,10 +2,10 @@
 ONNX Runtime on the portable graph (Bi-WKV in standard ops, quadratic in tokens).
 
     python benchmarks/bench_sampling.py                          # the committed pretrained/*.pt
-    python benchmarks/bench_sampling.py --ckpt runs/fm/ckpt.pt --big-image-size 64
+    OMP_NUM_THREADS=1 python benchmarks/bench_sampling.py --ckpt runs/fm/ckpt.pt --threads 1
 
 Table 1: images/s for DDIM sampling (default batch 16, 20 steps, no guidance) with the checkpoint.
-Table 2: the same architecture at a larger image size (random weights, >= 1024 tokens by default),
+Table 2: the same architecture at a larger image size (random weights, 1024 tokens by default),
 ms per denoiser call at the same batch, where the portable graph's T^2 cost shows. Each row also
 gives the max relative error of the output against PyTorch. ONNX exports are cached in --work-dir.
 """
@@ -77,8 +77,11 @@ def sampling_table(ckpt, args):
 
 def call_table(ckpt, args):
     """ms per denoiser call at a large token count, on a random model of the checkpoint's architecture."""
-    config = dict(read_checkpoint(ckpt)["config"], image_size=args.big_image_size)
-    path = os.path.join(args.work_dir, f"random_{args.big_image_size}px.pt")
+    config = read_checkpoint(ckpt)["config"]
+    patch = int(config["model"].split("/")[-1])
+    side = round(args.big_tokens ** 0.5)
+    config = dict(config, image_size=side * patch)
+    path = os.path.join(args.work_dir, f"random_{side * patch}px.pt")
     if not os.path.exists(path):
         torch.manual_seed(0)
         model = build_model(config)
@@ -87,7 +90,6 @@ def call_table(ckpt, args):
                 p.add_(0.02 * torch.randn_like(p))
         state = model.state_dict()
         torch.save({"format": "drwkv-checkpoint", "version": 1, "config": config, "model": state, "ema": state}, path)
-    tokens = (args.big_image_size // int(config["model"].split("/")[-1])) ** 2
     rows, reference = [], None
     for name, denoiser in denoisers(path, args.work_dir, args.threads):
         x, t, y = inputs(config, args.batch_size)
@@ -99,8 +101,8 @@ def call_table(ckpt, args):
             denoiser(x, t, y)
             best = min(best, time.perf_counter() - start)
         err = np.abs(out - reference).max() / np.abs(reference).max()
-        rows.append(f"| {name} | {tokens} | {1000 * best:.0f} | {err:.1e} |")
-    return (f"### {config['model']} {args.big_image_size}px (random weights), batch {args.batch_size}, one denoiser "
+        rows.append(f"| {name} | {side * side} | {1000 * best:.0f} | {err:.1e} |")
+    return (f"### {config['model']} {side * patch}px (random weights), batch {args.batch_size}, one denoiser "
             f"call\n\n| backend | tokens | ms/call | max rel err vs PyTorch |\n|---|---:|---:|---:|\n" + "\n".join(rows))
 
 
@@ -112,7 +114,8 @@ def main():
     parser.add_argument("--cfg-scale", type=float, default=1.0,
                         help="guidance scale; != 1 doubles the batch of every call (default: 1.0)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per row; the best is reported")
-    parser.add_argument("--big-image-size", type=int, default=64, help="image size of table 2 (0: skip it)")
+    parser.add_argument("--big-tokens", type=int, default=1024,
+                        help="tokens of table 2, a square number (0: skip the table)")
     parser.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime intra-op threads")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "drwkv-bench"),
                         help="where ONNX exports are cached")
@@ -124,9 +127,10 @@ def main():
             parser.error("no checkpoint in pretrained/; pass --ckpt")
         ckpt = found[0]
     os.makedirs(args.work_dir, exist_ok=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs\n")
+    print(f"torch {torch.__version__}, intra-op threads {args.threads or 'default'}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} (the BiWKV kernel), {os.cpu_count()} CPUs\n")
     print(sampling_table(ckpt, args), flush=True)
-    if args.big_image_size:
+    if args.big_tokens:
         print()
         print(call_table(ckpt, args))
 

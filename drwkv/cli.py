@@ -157,7 +157,7 @@ def run(args):
     total_steps = len(batches) * sampler.steps
     print(f"{PROG}: {denoiser.name} ({config['model']}), {args.sampler} {sampler.steps} steps, cfg {args.cfg_scale}: "
           f"{len(images)} images in {sample_s:.2f} s = {1000 * sample_s / total_steps:.1f} ms/step "
-          f"(batch {args.batch_size}{' x2 for guidance' if args.cfg_scale != 1.0 else ''}), "
+          f"(batch {len(batches[0])}{' x2 for guidance' if args.cfg_scale != 1.0 else ''}), "
           f"{len(images) / sample_s:.2f} images/s; model load {load_s:.2f} s -> {written}", file=sys.stderr)
 
 

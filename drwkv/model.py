@@ -423,7 +423,7 @@ def load_checkpoint(path, map_location="cpu"):
 # ---------------------------------------------------------------------------------------------
 # Summary: parameters and multiply-accumulates per configuration.
 
-def count_macs(model, image_size, in_channels):
+def count_macs(model, image_size):
     """Multiply-accumulates of one forward pass at batch 1, counted analytically from the layers:
     every Linear/Conv2d, the attention matmuls (QK^T and AV) for DiT, and the WKV operator as
     4 MACs per (token, channel) (two scans updating numerator and denominator). Element-wise ops
@@ -455,7 +455,7 @@ def summary(image_size, in_channels, num_classes, learn_sigma=True):
         tokens = (image_size // arch["patch_size"]) ** 2
         note = "  (ours)" if arch["ours"] else ""
         print(f"{name:<14}{arch['depth']:>6}{arch['hidden_size']:>7}{arch['patch_size']:>6}{tokens:>8}"
-              f"{params / 1e6:>12.2f}{count_macs(model, image_size, in_channels) / 1e9:>10.3f}{note}")
+              f"{params / 1e6:>12.2f}{count_macs(model, image_size) / 1e9:>10.3f}{note}")
     print("GMACs: one forward pass, batch 1; Linear/Conv/attention matmuls and WKV scans, element-wise ops excluded.")
 
 

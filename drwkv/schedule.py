@@ -48,8 +48,10 @@ class Schedule:
         betas[j]                     beta'_j
         alphas_cumprod[j]            alphabar'_j
         alphas_cumprod_prev[j]       alphabar'_{j-1}, with alphabar'_{-1} = 1
-        posterior_variance[j]        beta'_j (1 - alphabar'_{j-1}) / (1 - alphabar'_j)   (variance of q(x_{j-1} | x_j, x_0))
-        posterior_log_variance_clipped[j]   log posterior_variance[j], with j = 0 using the j = 1 value (it is 0 there)
+        posterior_variance[j]        beta'_j (1 - alphabar'_{j-1}) / (1 - alphabar'_j)
+                                     (the variance of q(x_{j-1} | x_j, x_0))
+        posterior_log_variance_clipped[j]
+                                     log posterior_variance[j], at j = 0 the j = 1 value (it is 0 there)
         posterior_mean_coef1[j]      beta'_j sqrt(alphabar'_{j-1}) / (1 - alphabar'_j)            (multiplies x_0)
         posterior_mean_coef2[j]      (1 - alphabar'_{j-1}) sqrt(1 - beta'_j) / (1 - alphabar'_j)  (multiplies x_j)
     """

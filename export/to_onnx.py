@@ -26,17 +26,17 @@ into a per-channel [T,T] matrix D[c,t,i] = exp(-(|t-i|-1) w_c) (exp(u_c) at i = 
     y = (D @ (e * v)) / (D @ e)                   per channel, one MatMul over [C,T,T] x [C,T,2B]
 
 which costs C*T*T memory rather than the B*C*T*T of explicit logits and softmax. It agrees with
-the operator to float32 rounding as long as k's spread within a row stays below ~80 (exp range).
+the operator to float32 rounding as long as the spread of k over the positions plus |T w| (the
+trained spatial_decay) stays below ~80, where float32's exp would underflow.
 """
 import argparse
 import json
 import os
 import sys
 
-FORMAT = "drwkv-onnx-denoiser"
+from drwkv.runtime.onnx import BIWKV_DOMAIN, BIWKV_OP, CONFIG_KEY, FORMAT, FORMAT_KEY
+
 OPSET = 18
-BIWKV_DOMAIN = "drwkv"
-BIWKV_OP = "BiWKV"
 PLUGIN_VERSION = "1"
 
 
@@ -67,6 +67,7 @@ def _translation(portable):
     lse is a training by-product that inference never reads, so y stands in for it)."""
     import onnxscript
     import torch
+    from onnx import TensorProto
     from onnxscript import opset18 as op
 
     import drwkv.ops  # noqa: F401  (registers torch.ops.drwkv.bi_wkv_forward)
@@ -80,7 +81,7 @@ def _translation(portable):
     def bi_wkv_portable(w, u, k, v):
         e = op.Exp(op.Sub(k, op.ReduceMax(k, op.Constant(value_ints=[1]), keepdims=1)))   # [B,T,C]
         T = op.Squeeze(op.Shape(k, start=1, end=2))
-        pos = op.Cast(op.Range(op.Constant(value_int=0), T, op.Constant(value_int=1)), to=1)
+        pos = op.Cast(op.Range(op.Constant(value_int=0), T, op.Constant(value_int=1)), to=TensorProto.FLOAT)
         dist = op.Abs(op.Sub(op.Unsqueeze(pos, op.Constant(value_ints=[1])),
                              op.Unsqueeze(pos, op.Constant(value_ints=[0]))))             # [T,T]
         channel = op.Constant(value_ints=[1, 2])
@@ -228,7 +229,7 @@ def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False):
         _bypass_float32_casts(graph)
     _declare_bi_wkv_outputs(graph)
     count = sum(n.domain == BIWKV_DOMAIN for n in proto.graph.node)
-    meta = {"drwkv.format": FORMAT, "drwkv.config": json.dumps(config, sort_keys=True),
+    meta = {FORMAT_KEY: FORMAT, CONFIG_KEY: json.dumps(config, sort_keys=True),
             "drwkv.dtype": dtype, "drwkv.bi_wkv": "portable" if portable else f"{BIWKV_DOMAIN}::{BIWKV_OP}"}
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -268,7 +269,7 @@ def main(argv=None):
         proto = export_onnx(args.ckpt, args.output, args.dtype, args.portable)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    config = json.loads({p.key: p.value for p in proto.metadata_props}["drwkv.config"])
+    config = json.loads({p.key: p.value for p in proto.metadata_props}[CONFIG_KEY])
     kind = "portable" if args.portable else f"{sum(n.domain == BIWKV_DOMAIN for n in proto.graph.node)} BiWKV nodes"
     print(f"wrote {args.output}: {config['model']} {config['image_size']}px, {args.dtype}, {kind}, "
           f"{len(proto.graph.node)} nodes, {os.path.getsize(args.output) / 2**20:.1f} MiB", file=sys.stderr)

@@ -40,7 +40,8 @@ def write_toy_onnx(path, dtype="fp32", with_metadata=True):
     C, H = TOY_CONFIG["in_channels"], TOY_CONFIG["image_size"]
     half = dtype == "fp16"
     ft = TensorProto.FLOAT16 if half else TensorProto.FLOAT
-    init = [helper.make_tensor("w", TensorProto.FLOAT, [C], TOY_W), helper.make_tensor("u", TensorProto.FLOAT, [C], TOY_U),
+    init = [helper.make_tensor("w", TensorProto.FLOAT, [C], TOY_W),
+            helper.make_tensor("u", TensorProto.FLOAT, [C], TOY_U),
             helper.make_tensor("tok_shape", TensorProto.INT64, [3], [0, -1, C]),
             helper.make_tensor("img_shape", TensorProto.INT64, [4], [0, H, H, C]),
             helper.make_tensor("vshape", TensorProto.INT64, [3], [-1, 1, 1]),

@@ -5,7 +5,8 @@
 Procedure
 - Reference classifier: a small CNN (3 conv layers 16-32-64 with max-pooling, then
   Linear(->128) -> ReLU -> Linear(->classes)), trained on the checkpoint's dataset's train split at
-  the checkpoint's resolution: Adam, lr 1e-3, batch 128, 3 epochs, seed 0, float32 CPU.
+  the checkpoint's resolution: Adam, lr 1e-3, batch 128, seed 0, float32 CPU, for 3 epochs or
+  1400 batches, whichever is more (small datasets need more epochs).
   Its 128-d penultimate activations are the feature space. It is trained once per
   (dataset, image size) and cached with the test-split statistics in
   <cache>/classifier-<dataset>-<size>px.pt (default cache ~/.cache/drwkv, --cache to change).
@@ -22,6 +23,7 @@ the literature.
 """
 import argparse
 import hashlib
+import math
 import os
 
 import numpy as np
@@ -78,7 +80,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
 
 
-def reference(dataset, image_size, cache_dir, data_dir=None, epochs=3):
+def reference(dataset, image_size, cache_dir, data_dir=None):
     """The cached classifier and test-split statistics for (dataset, image_size); trained if absent."""
     # A folder dataset is identified by its path.
     tag = dataset if dataset != "folder" else f"folder-{hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:10]}"
@@ -92,6 +94,7 @@ def reference(dataset, image_size, cache_dir, data_dir=None, epochs=3):
             classifier.load_state_dict(cached["state_dict"])
             return classifier.eval(), cached
     x, y, _ = load_dataset(dataset, image_size, "train", data_dir)
+    epochs = max(3, math.ceil(1400 * 128 / len(x)))
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(classifier.parameters(), lr=1e-3)
     for epoch in range(epochs):

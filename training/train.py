@@ -245,7 +245,7 @@ def main():
 
         if master:
             loss, mse, vb = (loss_sum / args.batch_size).tolist()
-            bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{(step - bar.initial) / (time.time() - t0):.2f}")
+            bar.set_postfix(loss=f"{loss:.4f}")
             bar.update(1)
             if step % args.log_every == 0:
                 metrics.write(json.dumps({"step": step, "loss": loss, "mse": mse, "vb": vb, "lr": lr,

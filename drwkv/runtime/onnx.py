@@ -131,5 +131,8 @@ class OnnxRuntimeDenoiser(Denoiser):
         self.providers = self.session.get_providers()
 
     def forward(self, x, t, y):
-        out = self.session.run(["out"], {"x": x.astype(self._x_dtype, copy=False), "t": t, "y": y})[0]
+        try:
+            out = self.session.run(["out"], {"x": x.astype(self._x_dtype, copy=False), "t": t, "y": y})[0]
+        except Exception as e:  # onnxruntime's error types derive from Exception only
+            raise RuntimeError(f"{self.path}: onnxruntime failed: {str(e).strip().splitlines()[0][:300]}") from e
         return out.astype(np.float32, copy=False)

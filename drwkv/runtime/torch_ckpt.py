@@ -5,8 +5,6 @@ training output. torch is imported here only, when this backend is chosen.
 """
 import os
 
-import numpy as np
-
 from drwkv.runtime.base import ArtifactError, Denoiser
 
 
