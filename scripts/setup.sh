@@ -13,4 +13,4 @@ fi
 # torch is pinned: an unpinned install may pull a multi-GB CUDA build.
 "$PYTHON" -m pip install -q torch==2.13.0
 "$PYTHON" -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
-"$PYTHON" -m pip install -q --no-build-isolation -e ".[onnx,data,test]"
+"$PYTHON" -m pip install -q --no-build-isolation -e ".[onnx,data,bench,test]"

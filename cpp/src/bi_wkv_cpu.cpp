@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <stdexcept>
 #include <vector>
 
@@ -129,14 +130,15 @@ void bidirectional_scan(const Op& op, int64_t B, int64_t T, int64_t C, int threa
     const int64_t t0 = tk.s * seg_len, t1 = std::min(T, t0 + seg_len);
     // One lane at a time: its sums stay in registers for the whole walk, and the buffer of
     // right-side sums at each token stays in cache.
-    std::unique_ptr<Sum[]> right_at(new Sum[t1 - t0]);
+    using Kept = decltype(math::narrow(std::declval<Sum>()));
+    std::unique_ptr<Kept[]> right_at(new Kept[t1 - t0]);
     Acc x[Sum::kValues];
     for (int64_t j = 0; j < tk.n_lanes; ++j) {
       const int64_t c = tk.c0 + j * kWidth;
       const Calc w = op.w(c);
       Sum cur = enter_right[task * kLanes + j];
       for (int64_t t = t1 - 1; t >= t0; --t) {
-        right_at[t - t0] = cur;
+        right_at[t - t0] = math::narrow(cur);
         op.values(tk.b, t, c, x);
         cur.template push<kRight>(pos(t), op.key(tk.b, t, c), x, w);
       }

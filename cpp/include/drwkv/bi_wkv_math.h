@@ -129,12 +129,24 @@ using ForwardSum = AnchoredSum<2, false, Calc, Acc>;
 template <class Calc, class Acc>
 using BackwardSum = AnchoredSum<2, true, Calc, Acc>;
 
+// A sum with its accumulators rounded to the logit type: what the CPU kernel keeps at every token,
+// half the memory traffic of the float64 accumulators for one float32 rounding.
+template <int NV, bool MOMENTS, class Calc, class Acc>
+DRWKV_HD AnchoredSum<NV, MOMENTS, Calc, Calc> narrow(const AnchoredSum<NV, MOMENTS, Calc, Acc>& s) {
+  AnchoredSum<NV, MOMENTS, Calc, Calc> r;
+  for (int j = 0; j < NV; ++j) r.a[j] = to_calc_lane<Calc>(s.a[j]);
+  for (int j = 0; j < (MOMENTS ? NV : 1); ++j) r.m[j] = to_calc_lane<Calc>(s.m[j]);
+  r.key = s.key;
+  r.pos = s.pos;
+  return r;
+}
+
 // y_t and (when lse is not null) log-sum-exp of the logits at t, from the sums on both sides and the token itself.
 // Each of the three terms has logit key - gap * w (the token itself: key u + k_t, gap 0). Logits are
 // taken relative to the largest term with exact integer gap differences, never as absolute values:
 // with |w| T large, absolute logits are large and their float32 rounding would swamp the result.
-template <class Calc, class Acc>
-DRWKV_HD void forward_output(const ForwardSum<Calc, Acc>& left, const ForwardSum<Calc, Acc>& right, Calc t,
+template <class Calc, class Acc, class RightAcc>
+DRWKV_HD void forward_output(const ForwardSum<Calc, Acc>& left, const ForwardSum<Calc, RightAcc>& right, Calc t,
                              Calc k, Calc v, Calc u, Calc w, Calc* y, Calc* lse) {
   using EC = typename Lane<Calc>::Elem;
   const Calc key[3] = {left.key, right.key, u + k};
@@ -149,16 +161,16 @@ DRWKV_HD void forward_output(const ForwardSum<Calc, Acc>& left, const ForwardSum
   }
   Acc e[3];
   for (int j = 0; j < 3; ++j) e[j] = to_acc<Acc>(lane_exp((key[j] - ref_key) - (gap[j] - ref_gap) * w));
-  const Acc num = left.a[0] * e[0] + right.a[0] * e[1] + to_acc<Acc>(v) * e[2];
-  const Acc den = left.a[1] * e[0] + right.a[1] * e[1] + e[2];
+  const Acc num = left.a[0] * e[0] + to_acc<Acc>(right.a[0]) * e[1] + to_acc<Acc>(v) * e[2];
+  const Acc den = left.a[1] * e[0] + to_acc<Acc>(right.a[1]) * e[1] + e[2];
   *y = to_calc_lane<Calc>(num / den);
   if (lse) *lse = ref_key - ref_gap * w + lane_log(to_calc_lane<Calc>(den));
 }
 
 // Gradients at source position i, given the backward sums of the targets on both sides.
 // Writes gk_i, gv_i and adds this position's share of gw and gu.
-template <class Calc, class Acc>
-DRWKV_HD void backward_output(const BackwardSum<Calc, Acc>& left, const BackwardSum<Calc, Acc>& right, Calc i,
+template <class Calc, class Acc, class RightAcc>
+DRWKV_HD void backward_output(const BackwardSum<Calc, Acc>& left, const BackwardSum<Calc, RightAcc>& right, Calc i,
                               Calc k, Calc v, Calc y, Calc lse, Calc gy, Calc u, Calc w, Calc* gk, Calc* gv, Acc* gw,
                               Acc* gu) {
   // exp(k_i + anchor logit) is the attention weight of the anchor target on i: at most 1.
@@ -167,11 +179,13 @@ DRWKV_HD void backward_output(const BackwardSum<Calc, Acc>& left, const Backward
   const Acc es = to_acc<Acc>(lane_exp(u + k - lse));  // weight of i on itself
   const Acc vA = to_acc<Acc>(v), yA = to_acc<Acc>(y);
   const Acc g_self = to_acc<Acc>(gy) * es;
-  const Acc G = left.a[0] * el + right.a[0] * er + g_self;       // sum_t P(t,i) gy_t
-  const Acc H = left.a[1] * el + right.a[1] * er + g_self * yA;  // sum_t P(t,i) gy_t y_t
+  Acc ra[2], rm[2];
+  for (int j = 0; j < 2; ++j) ra[j] = to_acc<Acc>(right.a[j]), rm[j] = to_acc<Acc>(right.m[j]);
+  const Acc G = left.a[0] * el + ra[0] * er + g_self;       // sum_t P(t,i) gy_t
+  const Acc H = left.a[1] * el + ra[1] * er + g_self * yA;  // sum_t P(t,i) gy_t y_t
   const Acc gl = to_acc<Acc>(left.template gap_at<kLeft>(i)), gr = to_acc<Acc>(right.template gap_at<kRight>(i));
-  const Acc RG = el * (gl * left.a[0] + left.m[0]) + er * (gr * right.a[0] + right.m[0]);
-  const Acc RH = el * (gl * left.a[1] + left.m[1]) + er * (gr * right.a[1] + right.m[1]);
+  const Acc RG = el * (gl * left.a[0] + left.m[0]) + er * (gr * ra[0] + rm[0]);
+  const Acc RH = el * (gl * left.a[1] + left.m[1]) + er * (gr * ra[1] + rm[1]);
   *gv = to_calc_lane<Calc>(G);
   *gk = to_calc_lane<Calc>(vA * G - H);
   *gw -= vA * RG - RH;

@@ -71,7 +71,8 @@ struct ForwardOp {
     x[0] = math::to_acc<Acc>(L::load(v_, (b * T + t) * C + c, lanes(c)));
     x[1] = math::splat<Acc>(1);
   }
-  DRWKV_HD void output(int64_t b, int64_t t, int64_t c, const Sum& left, const Sum& right, Acc*) const {
+  template <class RightSum>
+  DRWKV_HD void output(int64_t b, int64_t t, int64_t c, const Sum& left, const RightSum& right, Acc*) const {
     const int64_t idx = (b * T + t) * C + c;
     const int n = lanes(c);
     Calc y, lse;
@@ -108,7 +109,8 @@ struct BackwardOp {
     x[0] = g;
     x[1] = g * math::to_acc<Acc>(L::load(y_, idx, n));
   }
-  DRWKV_HD void output(int64_t b, int64_t t, int64_t c, const Sum& left, const Sum& right, Acc* part) const {
+  template <class RightSum>
+  DRWKV_HD void output(int64_t b, int64_t t, int64_t c, const Sum& left, const RightSum& right, Acc* part) const {
     const int64_t idx = (b * T + t) * C + c;
     const int n = lanes(c);
     Calc gk, gv;
