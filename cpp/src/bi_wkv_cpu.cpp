@@ -12,7 +12,6 @@
 // CMakeLists.txt); bi_wkv_cpu_dispatch.cpp picks the best one the processor supports.
 #include <algorithm>
 #include <cstring>
-#include <memory>
 #include <utility>
 #include <stdexcept>
 #include <vector>
@@ -85,11 +84,20 @@ void bidirectional_scan(const Op& op, int64_t B, int64_t T, int64_t C, int threa
   };
   auto pos = [](int64_t t) { return math::splat<Calc>(typename math::Lane<Calc>::Elem(t)); };
 
-  // Sums entering each segment from the left and from the right, [task][lane].
-  std::vector<Sum> enter_left(n_tasks * kLanes), enter_right(n_tasks * kLanes);
-  for (auto& x : enter_left) x.clear();
-  for (auto& x : enter_right) x.clear();
+  // Sums entering each segment from the left and from the right, [task][lane]; only needed
+  // (and only allocated) when T is split into segments.
+  std::vector<Sum> enter_left, enter_right;
+  auto entering = [](const std::vector<Sum>& sums, int64_t idx) {
+    Sum s;
+    if (sums.empty()) s.clear();
+    else s = sums[idx];
+    return s;
+  };
   if (n_seg > 1) {
+    enter_left.resize(n_tasks * kLanes);
+    enter_right.resize(n_tasks * kLanes);
+    for (auto& x : enter_left) x.clear();
+    for (auto& x : enter_right) x.clear();
     std::vector<Sum> seg_left(enter_left.size()), seg_right(enter_right.size());
     parallel_for(n_tasks, threads, [&](int64_t task) {
       const Task tk = task_of(task);
@@ -131,18 +139,19 @@ void bidirectional_scan(const Op& op, int64_t B, int64_t T, int64_t C, int threa
     // One lane at a time: its sums stay in registers for the whole walk, and the buffer of
     // right-side sums at each token stays in cache.
     using Kept = decltype(math::narrow(std::declval<Sum>()));
-    std::unique_ptr<Kept[]> right_at(new Kept[t1 - t0]);
+    thread_local std::vector<Kept> right_at;
+    if (right_at.size() < size_t(t1 - t0)) right_at.resize(t1 - t0);
     Acc x[Sum::kValues];
     for (int64_t j = 0; j < tk.n_lanes; ++j) {
       const int64_t c = tk.c0 + j * kWidth;
       const Calc w = op.w(c);
-      Sum cur = enter_right[task * kLanes + j];
+      Sum cur = entering(enter_right, task * kLanes + j);
       for (int64_t t = t1 - 1; t >= t0; --t) {
         right_at[t - t0] = math::narrow(cur);
         op.values(tk.b, t, c, x);
         cur.template push<kRight>(pos(t), op.key(tk.b, t, c), x, w);
       }
-      cur = enter_left[task * kLanes + j];
+      cur = entering(enter_left, task * kLanes + j);
       Acc* part = partials ? &(*partials)[(task * kLanes + j) * Op::kPartials] : nullptr;
       for (int64_t t = t0; t < t1; ++t) {
         op.output(tk.b, t, c, cur, right_at[t - t0], part);

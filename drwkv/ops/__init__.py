@@ -45,7 +45,7 @@ def check_inputs(w, u, k, v):
     if len(devices) != 1:
         raise ValueError(f"bi_wkv: all inputs must be on one device, got {sorted(map(str, devices))}")
     device = k.device
-    if device.type not in ("cpu", "cuda"):
+    if device.type not in ("cpu", "cuda", "meta"):  # meta: shapes only, through the fake kernel
         raise ValueError(f"bi_wkv: unsupported device {device}")
     if device.type == "cuda" and k.dtype == torch.float64:
         raise TypeError("bi_wkv: float64 runs on the CPU only (the CUDA kernels take float32 and float16)")

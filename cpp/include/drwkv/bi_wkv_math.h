@@ -22,6 +22,13 @@
 #include <cmath>
 #include <cstdint>
 
+// Every translation unit that compiles these kernels for a particular instruction set names its
+// own DRWKV_KERNEL_NS, so that inline functions built for AVX2 and for the baseline never share a
+// symbol (the linker would keep one copy for both, with the wrong calling convention for one).
+#ifndef DRWKV_KERNEL_NS
+#define DRWKV_KERNEL_NS portable
+#endif
+
 #if defined(__CUDACC__)
 #define DRWKV_HD __host__ __device__ __forceinline__
 #else
@@ -29,6 +36,7 @@
 #endif
 
 namespace drwkv {
+inline namespace DRWKV_KERNEL_NS {
 namespace math {
 
 // Which side of the evaluation position a sum holds: tokens to the left (i < t) or right (i > t).
@@ -51,11 +59,13 @@ template <class Calc> DRWKV_HD Calc to_calc_lane(double x) { return Calc(x); }
 template <class T> DRWKV_HD T splat(typename Lane<T>::Elem x) { return T{} + x; }
 
 }  // namespace math
+}  // namespace DRWKV_KERNEL_NS
 }  // namespace drwkv
 
 #include "drwkv/lanes_cpu.h"
 
 namespace drwkv {
+inline namespace DRWKV_KERNEL_NS {
 namespace math {
 
 // An anchored sum of NV values (plus their first moments when MOMENTS). Calc is the lane type of
@@ -193,4 +203,5 @@ DRWKV_HD void backward_output(const BackwardSum<Calc, Acc>& left, const Backward
 }
 
 }  // namespace math
+}  // namespace DRWKV_KERNEL_NS
 }  // namespace drwkv

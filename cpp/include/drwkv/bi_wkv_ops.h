@@ -8,6 +8,7 @@
 #include "drwkv/bi_wkv_math.h"
 
 namespace drwkv {
+inline namespace DRWKV_KERNEL_NS {
 
 DRWKV_HD float to_calc(float x) { return x; }
 DRWKV_HD double to_calc(double x) { return x; }
@@ -122,4 +123,5 @@ struct BackwardOp {
   }
 };
 
+}  // namespace DRWKV_KERNEL_NS
 }  // namespace drwkv

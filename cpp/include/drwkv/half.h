@@ -7,6 +7,7 @@
 #include "drwkv/bi_wkv_ops.h"
 
 namespace drwkv {
+inline namespace DRWKV_KERNEL_NS {
 
 struct Half {
   uint16_t bits;
@@ -59,4 +60,5 @@ inline Half float_to_half(float f) {
 inline float to_calc(Half h) { return half_to_float(h); }
 inline void store_io(Half* p, float x) { *p = float_to_half(x); }
 
+}  // namespace DRWKV_KERNEL_NS
 }  // namespace drwkv

@@ -9,6 +9,7 @@
 #include <cstring>
 
 namespace drwkv {
+inline namespace DRWKV_KERNEL_NS {
 namespace math {
 
 typedef float VecF __attribute__((vector_size(16)));
@@ -76,5 +77,6 @@ inline VecF lane_log(VecF x) {
 }
 
 }  // namespace math
+}  // namespace DRWKV_KERNEL_NS
 }  // namespace drwkv
 #endif
