@@ -35,6 +35,9 @@ def build_parser():
     src.add_argument("--engine", metavar="PLAN", help="TensorRT engine (needs tensorrt and a GPU)")
     src.add_argument("--onnx", metavar="ONNX", help="ONNX model from python -m export.to_onnx (ONNX Runtime)")
     src.add_argument("--ckpt", metavar="CKPT", help="training checkpoint (PyTorch, EMA weights)")
+    src.add_argument("--plugin", metavar="SO", help="with --engine: the BiWKV plugin library (default: "
+                                                     "$DRWKV_TRT_PLUGIN, next to drwkv._C, or the newest build/)")
+    src.add_argument("--cuda-graph", action="store_true", help="with --engine: replay each batch shape as a CUDA graph")
     s = p.add_argument_group("sampling")
     s.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler (default: ddim)")
     s.add_argument("--steps", type=int, default=50, help="model evaluations per image (default: 50)")
@@ -86,6 +89,8 @@ def _check_args(args, parser):
     given = [f"--{n}" for n in ("engine", "onnx", "ckpt") if getattr(args, n) is not None]
     if len(given) != 1:
         parser.error(f"give exactly one of --engine, --onnx, --ckpt (got {', '.join(given) or 'none'})")
+    if (args.plugin or args.cuda_graph) and not args.engine:
+        parser.error("--plugin and --cuda-graph apply to --engine only")
     for name in ("steps", "num_images", "batch_size"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -108,7 +113,8 @@ def run(args):
     from drwkv.schedule import Schedule
 
     t0 = time.perf_counter()
-    denoiser = load_denoiser(engine=args.engine, onnx=args.onnx, ckpt=args.ckpt)
+    engine_options = {"plugin": args.plugin, "cuda_graph": args.cuda_graph} if args.engine else {}
+    denoiser = load_denoiser(engine=args.engine, onnx=args.onnx, ckpt=args.ckpt, **engine_options)
     load_s = time.perf_counter() - t0
     config = denoiser.config
     classes = parse_classes(args.classes, config)

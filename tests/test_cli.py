@@ -62,7 +62,7 @@ def test_onnx_runtime_path_runs_where_torch_cannot_be_imported(toy, tmp_path):
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "not drwkv", "unknown class", "zero steps",
                                   "negative steps", "two backends", "no backend", "eta with ddpm",
-                                  "too many steps"])
+                                  "too many steps", "plugin without engine", "engine without tensorrt"])
 def test_bad_input_is_one_line_without_traceback(case, toy, tmp_path):
     base = ["--steps", "2", "--out", str(tmp_path / "o.png")]
     if case == "missing":
@@ -85,6 +85,11 @@ def test_bad_input_is_one_line_without_traceback(case, toy, tmp_path):
         args = base
     elif case == "eta with ddpm":
         args = ["--onnx", toy, "--sampler", "ddpm", "--eta", "0.5"] + base
+    elif case == "plugin without engine":
+        args = ["--onnx", toy, "--plugin", tmp_path / "libplugin.so"] + base
+    elif case == "engine without tensorrt":  # no machine here has TensorRT: the engine path must say so
+        (tmp_path / "model.plan").write_bytes(b"not an engine")
+        args = ["--engine", tmp_path / "model.plan"] + base
     else:
         args = ["--onnx", toy, "--steps", "1001", "--out", str(tmp_path / "o.png")]
     result = _cli(args, block_torch=True)
