@@ -195,6 +195,15 @@ class GaussianDiffusion:
         return progress(steps) if progress is not None else steps
 
 
+def diffusion_from_config(config):
+    """The GaussianDiffusion described by a checkpoint config ("diffusion" and "learn_sigma")."""
+    d = config.get("diffusion", {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000})
+    if d["schedule"] != "linear":
+        raise ValueError(f"unsupported beta schedule {d['schedule']!r} (only 'linear')")
+    betas = linear_betas(d["num_timesteps"], d["beta_start"], d["beta_end"])
+    return GaussianDiffusion(betas, learn_sigma=bool(config["learn_sigma"]))
+
+
 def guided_model_fn(model, y, cfg_scale, num_classes):
     """model_fn for the samplers: class-conditional on y [B], with classifier-free guidance when
     cfg_scale != 1 (one batched call on [x; x] with labels [y; null])."""

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from drwkv.diffusion import GaussianDiffusion, guided_model_fn, linear_betas, normal_kl, space_timesteps
+from drwkv.diffusion import (GaussianDiffusion, diffusion_from_config, guided_model_fn, linear_betas, normal_kl,
+                             space_timesteps)
 from drwkv.model import build_model
 
 
@@ -107,3 +108,12 @@ def test_guided_model_fn():
     uncond = model(x, t, torch.tensor([3, 3]))
     torch.testing.assert_close(guided[:, :1], uncond[:, :1] + 4.0 * (plain[:, :1] - uncond[:, :1]),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_diffusion_from_config():
+    cfg = {"learn_sigma": False, "diffusion": {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+                                               "num_timesteps": 500}}
+    d = diffusion_from_config(cfg)
+    assert d.num_timesteps == 500 and not d.learn_sigma and d.betas[-1] == 0.02
+    with pytest.raises(ValueError, match="cosine"):
+        diffusion_from_config({"learn_sigma": True, "diffusion": dict(cfg["diffusion"], schedule="cosine")})

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from drwkv.diffusion import GaussianDiffusion, guided_model_fn
+from drwkv.diffusion import diffusion_from_config, guided_model_fn
 from drwkv.model import load_checkpoint
 from training.data import load_dataset
 
@@ -120,7 +120,7 @@ def reference(dataset, image_size, cache_dir, data_dir=None):
 
 @torch.no_grad()
 def generate(model, config, num_samples, steps, cfg_scale, batch_size, seed):
-    sampler = GaussianDiffusion(learn_sigma=config["learn_sigma"]).respace(f"ddim{steps}")
+    sampler = diffusion_from_config(config).respace(f"ddim{steps}")
     labels = torch.arange(num_samples) % config["num_classes"]
     g = torch.Generator().manual_seed(seed)
     out = []

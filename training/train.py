@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from drwkv.diffusion import GaussianDiffusion, guided_model_fn, linear_betas
+from drwkv.diffusion import diffusion_from_config, guided_model_fn
 from drwkv.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_CONFIGS, build_model, read_checkpoint
 from training.data import DATASETS, batch_indices, load_dataset
 
@@ -109,11 +109,11 @@ def save_grid(images, path, nrow):
 
 
 @torch.no_grad()
-def sample_grid(model, config, args, device, per_class=8):
+def sample_grid(model, diffusion, config, args, device, per_class=8):
     """One row per class (at most 10), DDIM with classifier-free guidance, fixed noise."""
     num_classes = min(config["num_classes"], 10)
     y = torch.arange(num_classes, device=device).repeat_interleave(per_class)
-    sampler = GaussianDiffusion(learn_sigma=config["learn_sigma"]).respace(f"ddim{args.sample_steps}")
+    sampler = diffusion.respace(f"ddim{args.sample_steps}")
     shape = (len(y), config["in_channels"], config["image_size"], config["image_size"])
     g = torch.Generator(device=device).manual_seed(args.seed)
     return sampler.ddim_sample(guided_model_fn(model, y, args.sample_cfg, config["num_classes"]), shape,
@@ -164,7 +164,7 @@ def main():
         "dataset": args.dataset,
         "diffusion": {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000},
     }
-    diffusion = GaussianDiffusion(linear_betas(1000, 1e-4, 0.02), learn_sigma=config["learn_sigma"])
+    diffusion = diffusion_from_config(config)
 
     model = build_model(config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -202,7 +202,7 @@ def main():
                     os.path.join(args.out, "ckpt.pt"))
 
     def samples():
-        grid, per_class = sample_grid(ema, config, args, device)
+        grid, per_class = sample_grid(ema, diffusion, config, args, device)
         save_grid(grid, os.path.join(args.out, "samples", f"step_{step:07d}.png"), per_class)
 
     bar = tqdm(total=args.steps, initial=step, disable=not master, dynamic_ncols=True)
