@@ -4,6 +4,8 @@
 #include <NvInferRuntime.h>
 #include <dlfcn.h>
 
+#include "check.h"
+
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -16,16 +18,6 @@
 using namespace nvinfer1;
 
 namespace {
-
-int gFailures = 0;
-
-#define CHECK(cond)                                                  \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++gFailures;                                                   \
-    }                                                                \
-  } while (0)
 
 // --- a logger for setLoggerFinder: the plugin reports refused fields through it -------------------
 class RecordingLogger : public ILogger {
@@ -274,6 +266,6 @@ int main(int argc, char** argv) {
   }
 
   setLoggerFinder(nullptr);
-  if (gFailures == 0) std::printf("BiWKV plugin: all checks passed\n");
-  return gFailures == 0 ? 0 : 1;
+  if (drwkv_test::failures() == 0) std::printf("BiWKV plugin: all checks passed\n");
+  return drwkv_test::failures() == 0 ? 0 : 1;
 }

@@ -5,19 +5,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "check.h"
 #include "json.h"
 
 namespace {
-
-int gFailures = 0;
-
-#define CHECK(cond)                                                                 \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++gFailures;                                                                  \
-    }                                                                               \
-  } while (0)
 
 bool throws(std::string const& text) {
   try {
@@ -67,6 +58,6 @@ int main() {
   CHECK(throws("\"unterminated"));
   CHECK(throws("{\"a\": nope}"));
 
-  if (gFailures == 0) std::printf("sidecar JSON: all checks passed\n");
-  return gFailures == 0 ? 0 : 1;
+  if (drwkv_test::failures() == 0) std::printf("sidecar JSON: all checks passed\n");
+  return drwkv_test::failures() == 0 ? 0 : 1;
 }
