@@ -1,6 +1,7 @@
 """Gaussian diffusion for training and previews (the recipe of DiT / improved DDPM).
 
-- linear beta schedule 1e-4 .. 0.02 over 1000 steps, tables in float64 numpy;
+- linear beta schedule 1e-4 .. 0.02 over 1000 steps; the float64 tables come from
+  ``drwkv.schedule.Schedule``, the same ones the numpy samplers use;
 - the model predicts epsilon and, with learned sigma, a per-pixel interpolation v in [-1, 1]
   between log(beta_t) and log(posterior variance) (learned-range variance);
 - loss = MSE(eps) + the variational bound term, whose mean is computed from a stop-gradient eps
@@ -19,9 +20,9 @@ import math
 import numpy as np
 import torch
 
+from drwkv.schedule import Schedule, linear_betas, respaced_timesteps
 
-def linear_betas(num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
-    return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+__all__ = ["GaussianDiffusion", "diffusion_from_config", "guided_model_fn", "linear_betas", "space_timesteps"]
 
 
 def space_timesteps(num_timesteps, spec):
@@ -33,12 +34,7 @@ def space_timesteps(num_timesteps, spec):
             if len(range(0, num_timesteps, stride)) == n:
                 return sorted(range(0, num_timesteps, stride))
         raise ValueError(f"cannot take exactly {n} evenly strided steps out of {num_timesteps}")
-    n = int(spec)
-    if not 1 <= n <= num_timesteps:
-        raise ValueError(f"cannot respace {num_timesteps} steps to {n}")
-    if n == 1:
-        return [num_timesteps - 1]
-    return sorted({round(i * (num_timesteps - 1) / (n - 1)) for i in range(n)})
+    return respaced_timesteps(num_timesteps, int(spec)).tolist()
 
 
 def _gather(table, t, ndim):
@@ -74,35 +70,31 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
 class GaussianDiffusion:
     def __init__(self, betas=None, learn_sigma=True, timestep_map=None):
         betas = linear_betas() if betas is None else np.asarray(betas, dtype=np.float64)
+        # Index i of this (possibly respaced) process is timestep timestep_map[i] of the original.
+        timestep_map = np.arange(len(betas)) if timestep_map is None else np.asarray(timestep_map)
+        self.schedule = schedule = Schedule(timestep_map, betas)
         self.betas = betas
         self.learn_sigma = learn_sigma
         self.num_timesteps = len(betas)
-        # Index i of this (possibly respaced) process is timestep timestep_map[i] of the original.
-        self.timestep_map = np.arange(self.num_timesteps) if timestep_map is None else np.asarray(timestep_map)
+        self.timestep_map = timestep_map
 
-        alphas = 1.0 - betas
-        self.alphas_cumprod = np.cumprod(alphas)
-        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.alphas_cumprod = schedule.alphas_cumprod
+        self.alphas_cumprod_prev = schedule.alphas_cumprod_prev
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         # q(x_{t-1} | x_t, x_0)
-        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # The posterior variance is 0 at t = 0; take the t = 1 value there so the log stays finite.
-        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
-        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        self.posterior_variance = schedule.posterior_variance
+        self.posterior_log_variance_clipped = schedule.posterior_log_variance_clipped
+        self.posterior_mean_coef1 = schedule.posterior_mean_coef1
+        self.posterior_mean_coef2 = schedule.posterior_mean_coef2
 
     def respace(self, spec):
         """A process over a subset of timesteps ("ddim50", 250, ...) with betas recomputed so that
         its alphas_cumprod equal the original ones at the kept timesteps."""
-        use = space_timesteps(self.num_timesteps, spec)
-        last, betas = 1.0, []
-        for i in use:
-            betas.append(1 - self.alphas_cumprod[i] / last)
-            last = self.alphas_cumprod[i]
-        return GaussianDiffusion(np.array(betas), self.learn_sigma, self.timestep_map[use])
+        kept = self.schedule.subset(space_timesteps(self.num_timesteps, spec))
+        return GaussianDiffusion(kept.betas, self.learn_sigma, kept.timesteps)
 
     # ----- forward process
     def q_sample(self, x0, t, noise):

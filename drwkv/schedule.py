@@ -79,7 +79,12 @@ class Schedule:
 
     def respace(self, steps):
         """The N-step process over respaced_timesteps(len(self), steps); call on the full schedule."""
-        kept = respaced_timesteps(len(self), steps)
+        return self.subset(respaced_timesteps(len(self), steps))
+
+    def subset(self, kept):
+        """The process over the indices `kept` (ascending), with betas recomputed so that its
+        alphas_cumprod equal this one's at the kept steps."""
+        kept = np.asarray(kept, dtype=np.int64)
         alphas_cumprod = self.alphas_cumprod[kept]
         betas = 1.0 - alphas_cumprod / np.append(1.0, alphas_cumprod[:-1])
         return Schedule(self.timesteps[kept], betas)

@@ -8,6 +8,8 @@ Backends: TensorRT engine (``drwkv.runtime.tensorrt``), ONNX Runtime (``drwkv.ru
 the PyTorch checkpoint (``drwkv.runtime.torch_ckpt``). Each is imported only when chosen, so
 importing this package, and the ONNX Runtime and TensorRT paths, never import torch.
 """
+import importlib.util
+
 from drwkv.runtime.base import ArtifactError, Denoiser
 
 __all__ = ["ArtifactError", "Denoiser", "load_denoiser"]
@@ -32,17 +34,12 @@ def load_denoiser(engine=None, onnx=None, ckpt=None, **options):
                                f"an NVIDIA GPU, or use --onnx / --ckpt") from None
         return TensorRTDenoiser(engine, **options)
     if onnx is not None:
-        try:
-            import onnx as _onnx  # noqa: F401  (checked here for a clear message)
-            import onnxruntime  # noqa: F401
-        except ImportError as e:
-            raise RuntimeError(f"running an ONNX model needs onnx and onnxruntime ({e}); "
-                               f"pip install 'drwkv[onnx]'") from None
+        missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise RuntimeError(f"running an ONNX model needs {' and '.join(missing)}; pip install 'drwkv[onnx]'")
         from drwkv.runtime.onnx import OnnxRuntimeDenoiser
         return OnnxRuntimeDenoiser(onnx, **options)
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError(f"loading a checkpoint needs PyTorch ({e}); use an exported --onnx or --engine") from None
+    if importlib.util.find_spec("torch") is None:  # checked without importing it
+        raise RuntimeError("loading a checkpoint needs PyTorch (not installed); use an exported --onnx or --engine")
     from drwkv.runtime.torch_ckpt import TorchDenoiser
     return TorchDenoiser(ckpt, **options)
