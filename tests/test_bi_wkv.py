@@ -74,6 +74,31 @@ def test_forward_long_sequence_strong_growth():
     assert forward_error(bi_wkv(w, u, k, v), w, u, k, v) < 1e-5
 
 
+# The CPU kernel takes a chunked path for channels with |w| * 32 <= 8 and u <= 30 (the model's w
+# and u are divided by T, so it always does) and the anchored path otherwise; these cases sit on
+# its edges: the bounds themselves, keys 120 apart inside one chunk, T around the chunk length,
+# and both paths side by side in one block of channels.
+@pytest.mark.parametrize("T", [1, 31, 32, 33, 65, 5000])
+@pytest.mark.parametrize("w_value,u_value", [(0.25, 30.0), (-0.25, 30.0), (0.25, -100.0), (-0.25, -100.0),
+                                             (1e-4, 0.0)])
+def test_forward_chunked_path_edges(T, w_value, u_value):
+    w, u, k, v = make_inputs(1, T, 8, k_scale=20.0, seed=T)
+    k = k.clamp(-60, 60)
+    k[0, T // 2] = 60.0
+    k[0, T - 1] = -60.0
+    w = torch.full((8,), w_value)
+    u = torch.full((8,), u_value)
+    assert forward_error(bi_wkv(w, u, k, v), w, u, k, v) < 1e-5
+
+
+def test_forward_mixes_chunked_and_anchored_channels():
+    # 8-channel lanes: the first and last lanes take the chunked path, the middle one cannot.
+    w, u, k, v = make_inputs(3, 300, 21, k_scale=5.0, seed=4)
+    w = torch.randn(21, generator=torch.Generator().manual_seed(5)) * 0.01
+    w[8:16] = torch.linspace(-2.0, 2.0, 8)
+    assert forward_error(bi_wkv(w, u, k, v), w, u, k, v) < 1e-5
+
+
 def test_forward_float16_inputs():
     w, u, k, v = make_inputs(2, 300, 24, w_scale=0.01, seed=5, dtype=torch.float16)
     y = bi_wkv(w, u, k, v)

@@ -11,9 +11,11 @@
 // This file is compiled once per instruction set (DRWKV_CPU_ISA names the namespace, see
 // CMakeLists.txt); bi_wkv_cpu_dispatch.cpp picks the best one the processor supports.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -30,7 +32,10 @@ namespace {
 using math::kLeft;
 using math::kRight;
 
+// Channels per task: the forward's chunked walk reads whole rows of its block in address order,
+// so wider is better for the memory system as long as the tasks keep every thread busy.
 constexpr int64_t kChannelBlock = 16;
+constexpr int64_t kForwardChannelBlock = 32;
 constexpr int64_t kMinSegment = 512;
 
 // float32 and float16 run 4 channels per SIMD lane; float64 (for exact checks) one channel per lane.
@@ -39,6 +44,35 @@ template <class IO> struct CalcOf { using elem = float; using calc = math::VecF;
 template <> struct CalcOf<double> { using elem = double; using calc = double; using acc = double; };
 template <class IO> using CpuForward = ForwardOp<IO, typename CalcOf<IO>::calc, typename CalcOf<IO>::acc>;
 template <class IO> using CpuBackward = BackwardOp<IO, typename CalcOf<IO>::calc, typename CalcOf<IO>::acc>;
+
+// A growable heap array of trivially copyable values, aligned for SIMD. std containers are not
+// instantiated on the raw vector types: both instruction-set builds of this file would share those
+// instantiations (the types have the same names in both), and the linker keeps one copy for both,
+// with the other build's alignment and calling convention.
+template <class T>
+class SimdBuffer {
+ public:
+  SimdBuffer() = default;
+  SimdBuffer(const SimdBuffer&) = delete;
+  SimdBuffer& operator=(const SimdBuffer&) = delete;
+  ~SimdBuffer() { std::free(data_); }
+  // At least n elements; what was there before is not kept.
+  T* reserve(size_t n) {
+    if (n > size_) {
+      std::free(data_);
+      const size_t align = alignof(T) < sizeof(void*) ? sizeof(void*) : alignof(T);
+      data_ = static_cast<T*>(std::aligned_alloc(align, (n * sizeof(T) + align - 1) / align * align));
+      if (!data_) throw std::bad_alloc();
+      size_ = n;
+    }
+    return data_;
+  }
+  T& operator[](size_t i) { return data_[i]; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 inline double lane_value(double x, int) { return x; }
 inline double lane_value(const math::VecD& x, int e) { return x[e]; }
@@ -55,18 +89,22 @@ void parallel_for(int64_t n, int threads, Fn fn) {
 #endif
 }
 
-// The three-phase bidirectional scan shared by forward and backward. `Op` supplies, for a lane of
-// channels starting at c in row (b, t): key() the tokens' logits, values() what they carry, and
-// output() which consumes the left and right sums there and may add to per-lane partial sums.
-template <class Op>
-void bidirectional_scan(const Op& op, int64_t B, int64_t T, int64_t C, int threads,
-                        std::vector<typename Op::AccT>* partials) {
+// The three-phase bidirectional scan shared by forward and backward, over tasks of `block`
+// channels (a multiple of the lane width). `Op` supplies, for a lane of channels starting at c in
+// row (b, t): key() the tokens' logits and values() what they carry.
+// `walk(b, c0, n_lanes, t0, t1, left, right, part)` produces the outputs of a task's lanes over a
+// segment from the sums entering it (arrays of one per lane), and may add to their partial sums.
+// Returns the number of tasks; `partials` (may be null) gets Op::kPartials zeroed values per lane
+// of every task before the walks add to them.
+template <class Op, class Walk>
+int64_t bidirectional_scan(const Op& op, int64_t B, int64_t T, int64_t C, int64_t block, int threads,
+                           SimdBuffer<typename Op::AccT>* partials, Walk walk) {
   using Sum = typename Op::Sum;
   using Acc = typename Op::AccT;
   using Calc = typename Op::CalcT;
   constexpr int kWidth = math::Lane<Calc>::kWidth;
-  constexpr int kLanes = kChannelBlock / kWidth;  // lanes per task
-  const int64_t n_blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  const int64_t kLanes = block / kWidth;  // lanes per task
+  const int64_t n_blocks = (C + block - 1) / block;
   const int64_t bc_tasks = B * n_blocks;
   int64_t n_seg = 1;
   if (bc_tasks < 4 * threads) {
@@ -79,25 +117,17 @@ void bidirectional_scan(const Op& op, int64_t B, int64_t T, int64_t C, int threa
     int64_t b, c0, n_lanes, s;
   };
   auto task_of = [&](int64_t task) {
-    const int64_t bc = task / n_seg, c0 = (bc % n_blocks) * kChannelBlock;
+    const int64_t bc = task / n_seg, c0 = (bc % n_blocks) * block;
     return Task{bc / n_blocks, c0, std::min<int64_t>(kLanes, (C - c0 + kWidth - 1) / kWidth), task % n_seg};
   };
   auto pos = [](int64_t t) { return math::splat<Calc>(typename math::Lane<Calc>::Elem(t)); };
 
-  // Sums entering each segment from the left and from the right, [task][lane]; only needed
-  // (and only allocated) when T is split into segments.
-  std::vector<Sum> enter_left, enter_right;
-  auto entering = [](const std::vector<Sum>& sums, int64_t idx) {
-    Sum s;
-    if (sums.empty()) s.clear();
-    else s = sums[idx];
-    return s;
-  };
+  // Sums entering each segment from the left and from the right, [task][lane]: empty unless T is
+  // split into segments.
+  std::vector<Sum> enter_left(n_tasks * kLanes), enter_right(n_tasks * kLanes);
+  for (auto& x : enter_left) x.clear();
+  for (auto& x : enter_right) x.clear();
   if (n_seg > 1) {
-    enter_left.resize(n_tasks * kLanes);
-    enter_right.resize(n_tasks * kLanes);
-    for (auto& x : enter_left) x.clear();
-    for (auto& x : enter_right) x.clear();
     std::vector<Sum> seg_left(enter_left.size()), seg_right(enter_right.size());
     parallel_for(n_tasks, threads, [&](int64_t task) {
       const Task tk = task_of(task);
@@ -132,34 +162,145 @@ void bidirectional_scan(const Op& op, int64_t B, int64_t T, int64_t C, int threa
     });
   }
 
-  if (partials) partials->assign(n_tasks * kLanes * Op::kPartials, math::splat<Acc>(0));
+  Acc* part = partials ? partials->reserve(n_tasks * kLanes * Op::kPartials) : nullptr;
+  for (int64_t i = 0; part && i < n_tasks * kLanes * Op::kPartials; ++i) part[i] = math::splat<Acc>(0);
   parallel_for(n_tasks, threads, [&](int64_t task) {
     const Task tk = task_of(task);
     const int64_t t0 = tk.s * seg_len, t1 = std::min(T, t0 + seg_len);
-    // One lane at a time: its sums stay in registers for the whole walk, and the buffer of
-    // right-side sums at each token stays in cache.
-    using Kept = decltype(math::narrow(std::declval<Sum>()));
-    thread_local std::vector<Kept> right_at;
-    if (right_at.size() < size_t(t1 - t0)) right_at.resize(t1 - t0);
-    Acc x[Sum::kValues];
-    for (int64_t j = 0; j < tk.n_lanes; ++j) {
-      const int64_t c = tk.c0 + j * kWidth;
-      const Calc w = op.w(c);
-      Sum cur = entering(enter_right, task * kLanes + j);
-      for (int64_t t = t1 - 1; t >= t0; --t) {
-        right_at[t - t0] = math::narrow(cur);
-        op.values(tk.b, t, c, x);
-        cur.template push<kRight>(pos(t), op.key(tk.b, t, c), x, w);
-      }
-      cur = entering(enter_left, task * kLanes + j);
-      Acc* part = partials ? &(*partials)[(task * kLanes + j) * Op::kPartials] : nullptr;
-      for (int64_t t = t0; t < t1; ++t) {
-        op.output(tk.b, t, c, cur, right_at[t - t0], part);
-        op.values(tk.b, t, c, x);
-        cur.template push<kLeft>(pos(t), op.key(tk.b, t, c), x, w);
-      }
-    }
+    walk(tk.b, tk.c0, tk.n_lanes, t0, t1, &enter_left[task * kLanes], &enter_right[task * kLanes],
+         part ? &part[task * kLanes * Op::kPartials] : nullptr);
   });
+  return n_tasks;
+}
+
+// Outputs of one lane of channels over tokens [t0, t1), given the sums entering from either side:
+// a walk right to left that records the right-side sum at every token, then left to right. The
+// lane's sums stay in registers for the whole walk, and its buffer in cache.
+template <class Op>
+void anchored_walk(const Op& op, int64_t b, int64_t c, int64_t t0, int64_t t1, typename Op::Sum left,
+                   typename Op::Sum right, typename Op::AccT* part) {
+  using Sum = typename Op::Sum;
+  using Calc = typename Op::CalcT;
+  auto pos = [](int64_t t) { return math::splat<Calc>(typename math::Lane<Calc>::Elem(t)); };
+  using Kept = decltype(math::narrow(std::declval<Sum>()));
+  thread_local std::vector<Kept> right_at;
+  if (right_at.size() < size_t(t1 - t0)) right_at.resize(t1 - t0);
+  typename Op::AccT x[Sum::kValues];
+  const Calc w = op.w(c);
+  for (int64_t t = t1 - 1; t >= t0; --t) {
+    right_at[t - t0] = math::narrow(right);
+    op.values(b, t, c, x);
+    right.template push<kRight>(pos(t), op.key(b, t, c), x, w);
+  }
+  for (int64_t t = t0; t < t1; ++t) {
+    op.output(b, t, c, left, right_at[t - t0], part);
+    op.values(b, t, c, x);
+    left.template push<kLeft>(pos(t), op.key(b, t, c), x, w);
+  }
+}
+
+// The forward of a task's lanes over [t0, t1) in chunks of math::kChunk tokens (see
+// math::chunk_frame), for the lanes whose w and u allow it. Pass 1 walks the chunks right to left
+// and keeps the right sum entering each; pass 2 walks them left to right and writes the outputs.
+// Inside a chunk each lane is done in turn, so that the chunk's rows, every lane's share of them,
+// are read from memory once per pass in address order and then come from L1.
+template <class IO>
+void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_lanes, const bool* ready, int64_t t0,
+                     int64_t t1, const math::ForwardSum<math::VecF, math::VecD>* enter_left,
+                     const math::ForwardSum<math::VecF, math::VecD>* enter_right) {
+  using math::VecF;
+  using Sum = math::ForwardSum<VecF, math::VecD>;
+  using Kept = math::ForwardSum<VecF, VecF>;
+  using LaneIO = LaneIO<VecF>;
+  constexpr int64_t L = math::kChunk, W = math::Lane<VecF>::kWidth;
+  const int64_t n_chunks = (t1 - t0 + L - 1) / L, C = op.C;
+  struct LaneConst {
+    VecF w, r, self_scale, decay[L];  // decay[n] = exp(-n w)
+  };
+  thread_local std::vector<LaneConst> lane_const;
+  thread_local std::vector<Sum> sums;
+  // [chunk][lane]: the right sum entering each chunk, and the chunk's largest key
+  thread_local std::vector<Kept> right_at;
+  thread_local SimdBuffer<VecF> chunk_max_buffer;
+  lane_const.resize(n_lanes);
+  sums.resize(n_lanes);
+  if (right_at.size() < size_t(n_chunks * n_lanes)) right_at.resize(n_chunks * n_lanes);
+  VecF* chunk_max = chunk_max_buffer.reserve(n_chunks * n_lanes);
+  for (int64_t j = 0; j < n_lanes; ++j) {
+    if (!ready[j]) continue;
+    LaneConst& lc = lane_const[j];
+    lc.w = op.w(c0 + j * W);
+    lc.r = math::lane_exp(-lc.w);
+    lc.self_scale = math::lane_exp(op.u(c0 + j * W));
+    for (int64_t n = 0; n < L; ++n) lc.decay[n] = math::lane_exp(-lc.w * float(n));
+  }
+  auto pos = [](int64_t t) { return math::splat<VecF>(float(t)); };
+  // Offset of lane j's channels in row t; rows are C apart.
+  auto at = [&](int64_t t, int64_t j) { return (b * op.T + t) * C + c0 + j * W; };
+  // Rows are too far apart for the hardware prefetchers: each step asks for the lane's share of
+  // k and v one chunk ahead in the direction of the walk.
+  auto prefetch = [&](int64_t t, int64_t j) {
+    if (t >= t0 && t < t1) __builtin_prefetch(&op.k_[at(t, j)]), __builtin_prefetch(&op.v_[at(t, j)]);
+  };
+
+  for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
+  for (int64_t ch = n_chunks - 1; ch >= 0; --ch) {
+    const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
+    for (int64_t j = 0; j < n_lanes; ++j) {
+      if (!ready[j]) continue;
+      const LaneConst& lc = lane_const[j];
+      const IO *k = &op.k_[at(first, j)], *v = &op.v_[at(first, j)];
+      const int width = op.lanes(c0 + j * W);
+      right_at[ch * n_lanes + j] = math::narrow(sums[j]);
+      VecF M = LaneIO::load(k, 0, width);
+      for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, LaneIO::load(k, i * C, width));
+      chunk_max[ch * n_lanes + j] = M;
+      VecF S[2] = {};
+      for (int64_t i = n - 1; i >= 0; --i) {
+        prefetch(first + i - L, j);
+        const VecF e = math::lane_exp(LaneIO::load(k, i * C, width) - M);
+        S[0] = S[0] * lc.r + e * LaneIO::load(v, i * C, width);
+        S[1] = S[1] * lc.r + e;
+      }
+      sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(S[0], S[1], M, pos(first)), lc.w);
+    }
+  }
+
+  for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_left[j];
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
+    for (int64_t j = 0; j < n_lanes; ++j) {
+      if (!ready[j]) continue;
+      const LaneConst& lc = lane_const[j];
+      const IO *k = &op.k_[at(first, j)], *v_in = &op.v_[at(first, j)];
+      const int width = op.lanes(c0 + j * W);
+      const VecF M = chunk_max[ch * n_lanes + j];
+      // Each token's weight and the chunk's sum right of it, then left to right with the sum left of it.
+      VecF e[L], v[L], S[L][2], acc[2] = {};
+      for (int64_t i = n - 1; i >= 0; --i) {
+        prefetch(first + i + L, j);
+        S[i][0] = acc[0], S[i][1] = acc[1];
+        e[i] = math::lane_exp(LaneIO::load(k, i * C, width) - M);
+        v[i] = LaneIO::load(v_in, i * C, width);
+        acc[0] = acc[0] * lc.r + e[i] * v[i];
+        acc[1] = acc[1] * lc.r + e[i];
+      }
+      const math::ChunkFrame<VecF> frame = math::chunk_frame(math::narrow(sums[j]), right_at[ch * n_lanes + j], M,
+                                                             pos(first), pos(first + n), lc.w);
+      IO* y = &op.y_[at(first, j)];
+      float* lse = op.lse_ ? &op.lse_[at(first, j)] : nullptr;
+      acc[0] = acc[1] = VecF{};
+      for (int64_t i = 0; i < n; ++i) {
+        VecF lse_i;
+        LaneIO::store(y, i * C, math::chunk_output(frame, lc.decay[i], lc.decay[n - 1 - i], acc, S[i],
+                                                   lc.self_scale * e[i], v[i], lse ? &lse_i : nullptr), width);
+        if (lse) LaneIO::store(lse, i * C, lse_i, width);
+        acc[0] = acc[0] * lc.r + e[i] * v[i];
+        acc[1] = acc[1] * lc.r + e[i];
+      }
+      sums[j].template merge<kLeft>(math::chunk_sum<VecF, math::VecD>(acc[0], acc[1], M, pos(first + n - 1)), lc.w);
+    }
+  }
 }
 
 template <class IO>
@@ -169,7 +310,19 @@ void forward_typed(const void* w, const void* u, const void* k, const void* v, v
   using E = typename CalcOf<IO>::elem;
   Op op{static_cast<const E*>(w), static_cast<const E*>(u), static_cast<const IO*>(k), static_cast<const IO*>(v),
         static_cast<IO*>(y), static_cast<E*>(lse), T, C};
-  bidirectional_scan(op, B, T, C, threads, nullptr);
+  constexpr int64_t W = math::Lane<typename Op::CalcT>::kWidth;
+  bidirectional_scan(op, B, T, C, kForwardChannelBlock, threads, nullptr,
+                     [&](int64_t b, int64_t c0, int64_t n_lanes, int64_t t0, int64_t t1, const typename Op::Sum* left,
+                         const typename Op::Sum* right, void*) {
+    bool ready[kForwardChannelBlock / W] = {};
+    if constexpr (std::is_same_v<typename Op::CalcT, math::VecF>) {
+      for (int64_t j = 0; j < n_lanes; ++j)
+        ready[j] = math::all_of(math::chunk_ready(op.w(c0 + j * W), op.u(c0 + j * W)));
+      chunked_forward(op, b, c0, n_lanes, ready, t0, t1, left, right);
+    }
+    for (int64_t j = 0; j < n_lanes; ++j)
+      if (!ready[j]) anchored_walk(op, b, c0 + j * W, t0, t1, left[j], right[j], nullptr);
+  });
 }
 
 template <class IO>
@@ -182,13 +335,17 @@ void backward_typed(const void* w, const void* u, const void* k, const void* v, 
   Op op{static_cast<const E*>(w), static_cast<const E*>(u), static_cast<const IO*>(k), static_cast<const IO*>(v),
         static_cast<const IO*>(y), static_cast<const E*>(lse), static_cast<const IO*>(gy), static_cast<IO*>(gk),
         static_cast<IO*>(gv), T, C};
-  std::vector<typename Op::AccT> partials;
-  bidirectional_scan(op, B, T, C, threads, &partials);
+  SimdBuffer<typename Op::AccT> partials;
+  const int64_t n_tasks = bidirectional_scan(op, B, T, C, kChannelBlock, threads, &partials,
+                     [&](int64_t b, int64_t c0, int64_t n_lanes, int64_t t0, int64_t t1, const typename Op::Sum* left,
+                         const typename Op::Sum* right, typename Op::AccT* part) {
+    for (int64_t j = 0; j < n_lanes; ++j)
+      anchored_walk(op, b, c0 + j * kWidth, t0, t1, left[j], right[j], &part[j * Op::kPartials]);
+  });
   // Deterministic reduction of the per-task partials over batch and segments. Task order is
   // (b, channel block, segment), lanes within a task hold kWidth consecutive channels.
   const int64_t n_blocks = (C + kChannelBlock - 1) / kChannelBlock;
   const int64_t lanes = kChannelBlock / kWidth;
-  const int64_t n_tasks = static_cast<int64_t>(partials.size()) / (lanes * Op::kPartials);
   const int64_t per_block = n_tasks / (B * n_blocks);
   std::vector<double> sw(C, 0.0), su(C, 0.0);
   for (int64_t task = 0; task < n_tasks; ++task) {

@@ -50,6 +50,8 @@ DRWKV_HD float lane_log(float x) { return logf(x); }
 DRWKV_HD double lane_log(double x) { return log(x); }
 DRWKV_HD float lane_abs(float x) { return fabsf(x); }
 DRWKV_HD double lane_abs(double x) { return fabs(x); }
+DRWKV_HD float lane_max(float a, float b) { return a > b ? a : b; }
+DRWKV_HD double lane_max(double a, double b) { return a > b ? a : b; }
 DRWKV_HD float select(bool m, float a, float b) { return m ? a : b; }
 DRWKV_HD double select(bool m, double a, double b) { return m ? a : b; }
 template <class Acc> DRWKV_HD Acc to_acc(float x) { return Acc(x); }
@@ -151,30 +153,120 @@ DRWKV_HD AnchoredSum<NV, MOMENTS, Calc, Calc> narrow(const AnchoredSum<NV, MOMEN
   return r;
 }
 
+// exp(logit_j - largest) for three logits key_j - gap_j w, and the largest one's (key, gap). The
+// logits are compared through exact integer gap differences, never as absolute values: with |w| T
+// large, absolute logits are large and their float32 rounding would swamp the result.
+template <class Calc>
+DRWKV_HD void relative_weights(const Calc key[3], const Calc gap[3], Calc w, Calc e[3], Calc* ref_key, Calc* ref_gap) {
+  Calc best_key = key[2], best_gap = gap[2], best = key[2] - gap[2] * w;
+  for (int j = 0; j < 2; ++j) {
+    const Calc logit = key[j] - gap[j] * w;
+    const auto better = logit > best;
+    best = select(better, logit, best);
+    best_key = select(better, key[j], best_key);
+    best_gap = select(better, gap[j], best_gap);
+  }
+  for (int j = 0; j < 3; ++j) e[j] = lane_exp((key[j] - best_key) - (gap[j] - best_gap) * w);
+  *ref_key = best_key;
+  *ref_gap = best_gap;
+}
+
 // y_t and (when lse is not null) log-sum-exp of the logits at t, from the sums on both sides and the token itself.
-// Each of the three terms has logit key - gap * w (the token itself: key u + k_t, gap 0). Logits are
-// taken relative to the largest term with exact integer gap differences, never as absolute values:
-// with |w| T large, absolute logits are large and their float32 rounding would swamp the result.
+// Each of the three terms has logit key - gap * w (the token itself: key u + k, gap 0).
 template <class Calc, class Acc, class RightAcc>
 DRWKV_HD void forward_output(const ForwardSum<Calc, Acc>& left, const ForwardSum<Calc, RightAcc>& right, Calc t,
                              Calc k, Calc v, Calc u, Calc w, Calc* y, Calc* lse) {
   using EC = typename Lane<Calc>::Elem;
   const Calc key[3] = {left.key, right.key, u + k};
   const Calc gap[3] = {left.template gap_at<kLeft>(t), right.template gap_at<kRight>(t), splat<Calc>(EC(0))};
-  Calc ref_key = key[2], ref_gap = gap[2], best = key[2];
-  for (int j = 0; j < 2; ++j) {
-    const Calc logit = key[j] - gap[j] * w;
-    const auto better = logit > best;
-    best = select(better, logit, best);
-    ref_key = select(better, key[j], ref_key);
-    ref_gap = select(better, gap[j], ref_gap);
-  }
-  Acc e[3];
-  for (int j = 0; j < 3; ++j) e[j] = to_acc<Acc>(lane_exp((key[j] - ref_key) - (gap[j] - ref_gap) * w));
-  const Acc num = left.a[0] * e[0] + to_acc<Acc>(right.a[0]) * e[1] + to_acc<Acc>(v) * e[2];
-  const Acc den = left.a[1] * e[0] + to_acc<Acc>(right.a[1]) * e[1] + e[2];
+  Calc e[3], ref_key, ref_gap;
+  relative_weights(key, gap, w, e, &ref_key, &ref_gap);
+  Acc eA[3];
+  for (int j = 0; j < 3; ++j) eA[j] = to_acc<Acc>(e[j]);
+  const Acc num = left.a[0] * eA[0] + to_acc<Acc>(right.a[0]) * eA[1] + to_acc<Acc>(v) * eA[2];
+  const Acc den = left.a[1] * eA[0] + to_acc<Acc>(right.a[1]) * eA[1] + eA[2];
   *y = to_calc_lane<Calc>(num / den);
   if (lse) *lse = ref_key - ref_gap * w + lane_log(to_calc_lane<Calc>(den));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunked forward. When |w| and u are moderate (always so in the model, which divides both by T),
+// a chunk of up to kChunk tokens can share one reference logit M, the largest key in the chunk:
+// each token's weight e_i = exp(k_i - M) is computed once, and the chunk's sums on either side of
+// t are geometric in r = exp(-w), so Horner's rule accumulates them with no further exp. The sums
+// entering the chunk from the left and right are anchored sums as above; a chunk's own sum joins
+// them once per chunk. That is 2 exp per token (one per pass) instead of 5, and the float32
+// sums inside a chunk never hold more than kChunk terms.
+//
+// The bounds make every quantity inside a chunk finite and every weight lost to underflow
+// negligible: all of a chunk's tokens, including the one with key M, are seen from every t of
+// the chunk (that one possibly as the token itself, weighted exp(u) >= exp(-30)), and their
+// relative weights change by at most exp(|w| kChunk) across it.
+constexpr int kChunk = 32;
+constexpr float kMaxChunkDecay = 8.0f;  // |w| * kChunk at most this
+constexpr float kMaxBonus = 30.0f;      // |u| at most this (exp(u) is a factor of the self term)
+
+// Whether lanes with these w, u may take the chunked path.
+template <class Calc>
+DRWKV_HD auto chunk_ready(Calc w, Calc u) {
+  using EC = typename Lane<Calc>::Elem;
+  return (lane_abs(w) * EC(kChunk) <= EC(kMaxChunkDecay)) & (lane_abs(u) <= EC(kMaxBonus));
+}
+
+// The three groups that meet in a chunk [c0, c1): the left sum entering it, the chunk's own
+// tokens (reference logit M) and the right sum entering it, scaled relative to the largest of
+// the three so that nothing overflows. At token t = c0 + n, the total of (v, 1) is
+//   own * (P_t + exp(u) e_t (v_t, 1) + S_t) + exp(-n w) left + exp(-(c1-1-t) w) right
+// with P_t, S_t the chunk's own sums left and right of t, and its log-scale is `ref`.
+template <class Calc>
+struct ChunkFrame {
+  Calc own;       // weight of the chunk's own sums
+  Calc left[2];   // the entering left sum (v, 1) as seen from c0
+  Calc right[2];  // the entering right sum as seen from c1 - 1
+  Calc ref;       // log of the common scale: the largest group's logit
+};
+
+// The entering sums come rounded to the logit type (see narrow): one rounding per chunk.
+template <class Calc>
+DRWKV_HD ChunkFrame<Calc> chunk_frame(const ForwardSum<Calc, Calc>& left, const ForwardSum<Calc, Calc>& right, Calc M,
+                                      Calc c0, Calc c1, Calc w) {
+  using EC = typename Lane<Calc>::Elem;
+  // The entering sums' anchors seen from the chunk's edges, and the chunk's reference (M, gap 0).
+  const Calc key[3] = {left.key, right.key, M};
+  const Calc gap[3] = {left.template gap_at<kLeft>(c0), right.template gap_at<kRight>(c1 - EC(1)), splat<Calc>(EC(0))};
+  Calc g[3], ref_key, ref_gap;
+  relative_weights(key, gap, w, g, &ref_key, &ref_gap);
+  ChunkFrame<Calc> f;
+  for (int j = 0; j < 2; ++j) {
+    f.left[j] = g[0] * left.a[j];
+    f.right[j] = g[1] * right.a[j];
+  }
+  f.own = g[2];
+  f.ref = ref_key - ref_gap * w;
+  return f;
+}
+
+// A chunk's own sum of (v, 1) as an anchored sum: reference key M at position `pos`.
+template <class Calc, class Acc>
+DRWKV_HD ForwardSum<Calc, Acc> chunk_sum(Calc sum_v, Calc sum_1, Calc M, Calc pos) {
+  ForwardSum<Calc, Acc> s;
+  s.a[0] = to_acc<Acc>(sum_v);
+  s.a[1] = to_acc<Acc>(sum_1);
+  s.m[0] = splat<Acc>(typename Lane<Acc>::Elem(0));
+  s.key = M;
+  s.pos = pos;
+  return s;
+}
+
+// y_t (and its log-sum-exp when lse is not null) inside a chunk; decay_left = exp(-(t - c0) w),
+// decay_right = exp(-(c1 - 1 - t) w), self = exp(u) e_t.
+template <class Calc>
+DRWKV_HD Calc chunk_output(const ChunkFrame<Calc>& f, Calc decay_left, Calc decay_right, const Calc P[2],
+                           const Calc S[2], Calc self, Calc v, Calc* lse) {
+  const Calc num = f.own * (P[0] + S[0] + self * v) + decay_left * f.left[0] + decay_right * f.right[0];
+  const Calc den = f.own * (P[1] + S[1] + self) + decay_left * f.left[1] + decay_right * f.right[1];
+  if (lse) *lse = f.ref + lane_log(den);
+  return num / den;
 }
 
 // Gradients at source position i, given the backward sums of the targets on both sides.

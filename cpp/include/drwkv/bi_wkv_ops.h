@@ -36,9 +36,13 @@ struct LaneIO<math::VecF> {
     return r;
   }
   static math::VecF load(const float* p, int64_t idx, int n) {
-    math::VecF r = {};
-    if (n == math::Lane<math::VecF>::kWidth) std::memcpy(&r, p + idx, sizeof r);
-    else for (int j = 0; j < n; ++j) r[j] = p[idx + j];
+    math::VecF r;
+    if (n == math::Lane<math::VecF>::kWidth) {
+      std::memcpy(&r, p + idx, sizeof r);
+    } else {
+      r = math::VecF{};
+      for (int j = 0; j < n; ++j) r[j] = p[idx + j];
+    }
     return r;
   }
   template <class IO> static void store(IO* p, int64_t idx, math::VecF x, int n) {
@@ -67,20 +71,25 @@ struct ForwardOp {
 
   DRWKV_HD int lanes(int64_t c) const { return int(C - c < math::Lane<Calc>::kWidth ? C - c : math::Lane<Calc>::kWidth); }
   DRWKV_HD Calc w(int64_t c) const { return L::load(w_, c, lanes(c)); }
+  DRWKV_HD Calc u(int64_t c) const { return L::load(u_, c, lanes(c)); }
   DRWKV_HD Calc key(int64_t b, int64_t t, int64_t c) const { return L::load(k_, (b * T + t) * C + c, lanes(c)); }
+  DRWKV_HD Calc value(int64_t b, int64_t t, int64_t c) const { return L::load(v_, (b * T + t) * C + c, lanes(c)); }
   DRWKV_HD void values(int64_t b, int64_t t, int64_t c, Acc* x) const {
-    x[0] = math::to_acc<Acc>(L::load(v_, (b * T + t) * C + c, lanes(c)));
+    x[0] = math::to_acc<Acc>(value(b, t, c));
     x[1] = math::splat<Acc>(1);
+  }
+  DRWKV_HD bool wants_lse() const { return lse_ != nullptr; }
+  DRWKV_HD void store(int64_t b, int64_t t, int64_t c, Calc y, Calc lse) const {
+    const int64_t idx = (b * T + t) * C + c;
+    L::store(y_, idx, y, lanes(c));
+    if (lse_) L::store(lse_, idx, lse, lanes(c));
   }
   template <class RightSum>
   DRWKV_HD void output(int64_t b, int64_t t, int64_t c, const Sum& left, const RightSum& right, Acc*) const {
-    const int64_t idx = (b * T + t) * C + c;
-    const int n = lanes(c);
-    Calc y, lse;
-    math::forward_output(left, right, math::splat<Calc>(t), L::load(k_, idx, n), L::load(v_, idx, n),
-                         L::load(u_, c, n), L::load(w_, c, n), &y, lse_ ? &lse : nullptr);
-    L::store(y_, idx, y, n);
-    if (lse_) L::store(lse_, idx, lse, n);
+    Calc y, lse = math::splat<Calc>(0);
+    math::forward_output(left, right, math::splat<Calc>(t), key(b, t, c), value(b, t, c), u(c), w(c), &y,
+                         lse_ ? &lse : nullptr);
+    store(b, t, c, y, lse);
   }
 };
 
