@@ -63,20 +63,20 @@ def _register_bi_wkv_schema():
 
 
 def _translation(portable):
-    """{torch op: onnxscript function} replacing drwkv::bi_wkv_forward (which returns (y, lse);
-    lse is a training by-product that inference never reads, so y stands in for it)."""
+    """{torch op: onnxscript function} replacing drwkv::bi_wkv_inference, and drwkv::bi_wkv_forward
+    should a graph be traced with gradients on (it returns (y, lse); lse is a training by-product
+    that inference never reads, so y stands in for it)."""
     import onnxscript
     import torch
     from onnx import TensorProto
     from onnxscript import opset18 as op
 
-    import drwkv.ops  # noqa: F401  (registers torch.ops.drwkv.bi_wkv_forward)
+    import drwkv.ops  # noqa: F401  (registers torch.ops.drwkv.bi_wkv_*)
 
     custom = onnxscript.values.Opset(BIWKV_DOMAIN, 1)
 
     def bi_wkv_node(w, u, k, v):
-        y = custom.BiWKV(w, u, k, v, plugin_version=PLUGIN_VERSION)
-        return y, y
+        return custom.BiWKV(w, u, k, v, plugin_version=PLUGIN_VERSION)
 
     def bi_wkv_portable(w, u, k, v):
         e = op.Exp(op.Sub(k, op.ReduceMax(k, op.Constant(value_ints=[1]), keepdims=1)))   # [B,T,C]
@@ -90,10 +90,15 @@ def _translation(portable):
         both = op.Transpose(op.Concat(op.Mul(e, v), e, axis=0), perm=[2, 1, 0])            # [C,T,2B]
         num_den = op.MatMul(op.Exp(log_d), both)                                          # [C,T,2B]
         num, den = op.Split(num_den, num_outputs=2, axis=2)
-        y = op.Transpose(op.Div(num, den), perm=[2, 1, 0])                                # [B,T,C]
+        return op.Transpose(op.Div(num, den), perm=[2, 1, 0])                             # [B,T,C]
+
+    bi_wkv = bi_wkv_portable if portable else bi_wkv_node
+
+    def bi_wkv_with_lse(w, u, k, v):
+        y = bi_wkv(w, u, k, v)
         return y, y
 
-    return {torch.ops.drwkv.bi_wkv_forward.default: bi_wkv_portable if portable else bi_wkv_node}
+    return {torch.ops.drwkv.bi_wkv_inference.default: bi_wkv, torch.ops.drwkv.bi_wkv_forward.default: bi_wkv_with_lse}
 
 
 def _float16_module(model):

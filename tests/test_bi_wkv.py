@@ -163,6 +163,20 @@ def test_torch_export_traces_the_custom_op():
     program = torch.export.export(Mix(), (k, v))
     assert any("bi_wkv_forward" in str(n.target) for n in program.graph.nodes)
     torch.testing.assert_close(program.module()(k, v), Mix()(k, v))
+    # With no gradient wanted, the y-only op (no log-sum-exp) is the one traced.
+    with torch.no_grad():
+        program = torch.export.export(Mix(), (k, v))
+    assert any("bi_wkv_inference" in str(n.target) for n in program.graph.nodes)
+    torch.testing.assert_close(program.module()(k, v), Mix()(k, v))
+
+
+def test_inference_op_gives_the_training_op_output():
+    w, u, k, v = make_inputs(2, 300, 20, w_scale=0.01, seed=9)
+    with torch.no_grad():
+        y = bi_wkv(w, u, k, v)
+    y_train = bi_wkv(w.requires_grad_(), u, k, v)
+    assert y_train.requires_grad and not y.requires_grad
+    assert torch.equal(y, y_train.detach())
 
 
 @pytest.mark.parametrize("make, message", [

@@ -59,22 +59,39 @@ def _device_args(x):
     return -1, 0
 
 
-@torch.library.custom_op("drwkv::bi_wkv_forward", mutates_args=())
-def _forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _run_forward(w, u, k, v, with_lse):
     w, u, k, v = (x.contiguous() for x in (w, u, k, v))
     B, T, C = k.shape
     y = torch.empty_like(k)
-    lse = torch.empty(k.shape, dtype=w.dtype, device=k.device)
+    lse = torch.empty(k.shape, dtype=w.dtype, device=k.device) if with_lse else None
     device, stream = _device_args(k)
     workspace = torch.empty(_C.bi_wkv_workspace_size(B, T, C, device >= 0), dtype=torch.uint8, device=k.device)
-    _C.bi_wkv_forward(w.data_ptr(), u.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr(), lse.data_ptr(),
-                      workspace.data_ptr(), B, T, C, _DTYPE_CODES[k.dtype], device, stream)
+    _C.bi_wkv_forward(w.data_ptr(), u.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr(),
+                      lse.data_ptr() if with_lse else 0, workspace.data_ptr(), B, T, C, _DTYPE_CODES[k.dtype],
+                      device, stream)
     return y, lse
+
+
+# Training: y and the log-sum-exp of each softmax, which the backward reads.
+@torch.library.custom_op("drwkv::bi_wkv_forward", mutates_args=())
+def _forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _run_forward(w, u, k, v, with_lse=True)
 
 
 @_forward.register_fake
 def _(w, u, k, v):
     return torch.empty_like(k), torch.empty(k.shape, dtype=w.dtype, device=k.device)
+
+
+# Inference: y alone, with neither the log-sum-exp's memory nor its time.
+@torch.library.custom_op("drwkv::bi_wkv_inference", mutates_args=())
+def _inference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _run_forward(w, u, k, v, with_lse=False)[0]
+
+
+@_inference.register_fake
+def _(w, u, k, v):
+    return torch.empty_like(k)
 
 
 @torch.library.custom_op("drwkv::bi_wkv_backward", mutates_args=())
@@ -120,4 +137,6 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     float64 (w, u, k, v all float64) runs on the CPU, for gradcheck and exact comparisons.
     """
     check_inputs(w, u, k, v)
-    return _forward(w, u, k, v)[0]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (w, u, k, v)):
+        return _forward(w, u, k, v)[0]
+    return _inference(w, u, k, v)
