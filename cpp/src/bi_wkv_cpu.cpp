@@ -3,10 +3,13 @@
 // Work is split into tasks of (batch b, block of CB channels, segment of T). Three phases:
 //   1. each task sums its segment into one left-side and one right-side anchored sum per channel;
 //   2. per (b, channel) the sums of the other segments are merged into the sums entering each segment;
-//   3. each task walks its segment right to left (recording the right-side sum at every token),
-//      then left to right, producing the outputs.
+//   3. each task walks its segment right to left, then left to right, producing the outputs.
 // With enough (b, channel block) pairs to keep every thread busy there is a single segment and
 // phases 1-2 vanish; long sequences with few channels get split along T instead.
+//
+// Phase 3 of the forward takes the chunked path (math::chunk_frame) for every lane of channels
+// whose w and u allow it, which the model's always do; the backward and the other lanes take the
+// anchored walk, which records the right-side sum at every token.
 //
 // This file is compiled once per instruction set (DRWKV_CPU_ISA names the namespace, see
 // CMakeLists.txt); bi_wkv_cpu_dispatch.cpp picks the best one the processor supports.
@@ -243,6 +246,17 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
     if (t >= t0 && t < t1) __builtin_prefetch(&op.k_[at(t, j)]), __builtin_prefetch(&op.v_[at(t, j)]);
   };
 
+  // Runs body(load, store) with loads and stores of a lane's `width` channels; a full lane (all but
+  // possibly the last) gets plain vector moves.
+  auto with_width = [](int width, auto body) {
+    if (width == W) {
+      body([](const auto* p) { return LaneIO::load(p, 0, W); }, [](auto* p, VecF x) { LaneIO::store(p, 0, x, W); });
+    } else {
+      body([width](const auto* p) { return LaneIO::load(p, 0, width); },
+           [width](auto* p, VecF x) { LaneIO::store(p, 0, x, width); });
+    }
+  };
+
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
   for (int64_t ch = n_chunks - 1; ch >= 0; --ch) {
     const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
@@ -252,16 +266,19 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
       const IO *k = &op.k_[at(first, j)], *v = &op.v_[at(first, j)];
       const int width = op.lanes(c0 + j * W);
       right_at[ch * n_lanes + j] = math::narrow(sums[j]);
-      VecF M = LaneIO::load(k, 0, width);
-      for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, LaneIO::load(k, i * C, width));
-      chunk_max[ch * n_lanes + j] = M;
       VecF S[2] = {};
-      for (int64_t i = n - 1; i >= 0; --i) {
-        prefetch(first + i - L, j);
-        const VecF e = math::lane_exp(LaneIO::load(k, i * C, width) - M);
-        S[0] = S[0] * lc.r + e * LaneIO::load(v, i * C, width);
-        S[1] = S[1] * lc.r + e;
-      }
+      with_width(width, [&](auto load, auto) {
+        VecF M = load(k);
+        for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, load(k + i * C));
+        chunk_max[ch * n_lanes + j] = M;
+        for (int64_t i = n - 1; i >= 0; --i) {
+          prefetch(first + i - L, j);
+          const VecF e = math::lane_exp(load(k + i * C) - M);
+          S[0] = S[0] * lc.r + e * load(v + i * C);
+          S[1] = S[1] * lc.r + e;
+        }
+      });
+      const VecF M = chunk_max[ch * n_lanes + j];
       sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(S[0], S[1], M, pos(first)), lc.w);
     }
   }
@@ -276,28 +293,31 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
       const int width = op.lanes(c0 + j * W);
       const VecF M = chunk_max[ch * n_lanes + j];
       // Each token's weight and the chunk's sum right of it, then left to right with the sum left of it.
-      VecF e[L], v[L], S[L][2], acc[2] = {};
-      for (int64_t i = n - 1; i >= 0; --i) {
-        prefetch(first + i + L, j);
-        S[i][0] = acc[0], S[i][1] = acc[1];
-        e[i] = math::lane_exp(LaneIO::load(k, i * C, width) - M);
-        v[i] = LaneIO::load(v_in, i * C, width);
-        acc[0] = acc[0] * lc.r + e[i] * v[i];
-        acc[1] = acc[1] * lc.r + e[i];
-      }
       const math::ChunkFrame<VecF> frame = math::chunk_frame(math::narrow(sums[j]), right_at[ch * n_lanes + j], M,
                                                              pos(first), pos(first + n), lc.w);
       IO* y = &op.y_[at(first, j)];
       float* lse = op.lse_ ? &op.lse_[at(first, j)] : nullptr;
-      acc[0] = acc[1] = VecF{};
-      for (int64_t i = 0; i < n; ++i) {
-        VecF lse_i;
-        LaneIO::store(y, i * C, math::chunk_output(frame, lc.decay[i], lc.decay[n - 1 - i], acc, S[i],
-                                                   lc.self_scale * e[i], v[i], lse ? &lse_i : nullptr), width);
-        if (lse) LaneIO::store(lse, i * C, lse_i, width);
-        acc[0] = acc[0] * lc.r + e[i] * v[i];
-        acc[1] = acc[1] * lc.r + e[i];
-      }
+      VecF acc[2] = {};
+      with_width(width, [&](auto load, auto store) {
+        VecF e[L], v[L], S[L][2];
+        for (int64_t i = n - 1; i >= 0; --i) {
+          prefetch(first + i + L, j);
+          S[i][0] = acc[0], S[i][1] = acc[1];
+          e[i] = math::lane_exp(load(k + i * C) - M);
+          v[i] = load(v_in + i * C);
+          acc[0] = acc[0] * lc.r + e[i] * v[i];
+          acc[1] = acc[1] * lc.r + e[i];
+        }
+        acc[0] = acc[1] = VecF{};
+        for (int64_t i = 0; i < n; ++i) {
+          VecF lse_i;
+          store(y + i * C, math::chunk_output(frame, lc.decay[i], lc.decay[n - 1 - i], acc, S[i],
+                                              lc.self_scale * e[i], v[i], lse ? &lse_i : nullptr));
+          if (lse) store(lse + i * C, lse_i);
+          acc[0] = acc[0] * lc.r + e[i] * v[i];
+          acc[1] = acc[1] * lc.r + e[i];
+        }
+      });
       sums[j].template merge<kLeft>(math::chunk_sum<VecF, math::VecD>(acc[0], acc[1], M, pos(first + n - 1)), lc.w);
     }
   }
