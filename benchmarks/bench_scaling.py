@@ -7,6 +7,13 @@ Batch 1, patch 2, 4 latent channels, inference (no grad). Both models share ever
 token mixer: DRWKV's Bi-WKV block (linear in T) against DiT's attention block (quadratic in T,
 through scaled_dot_product_attention). On the CPU each measurement runs in a fresh process so that
 its peak resident memory is its own. Prints a markdown table and writes a PNG plot.
+
+CPU processes of both models run with glibc malloc told to keep freed memory (MALLOC_ENV below, see
+mallopt(3)), as a serving process would with this setting or with jemalloc/tcmalloc. By default glibc
+hands blocks over 32 MB, and free heap tops over a few tens of MB, back to the kernel, so every
+forward page-faults its large activations back in (about 2 us per 4 KiB page on the 2-core CI VM,
+1-1.5 s of a DRWKV forward at 16384 tokens, and more at some runs than others).
+``--glibc-defaults`` measures with glibc's default policy instead.
 """
 import argparse
 import json
@@ -21,6 +28,10 @@ import time
 import torch
 
 from drwkv.model import DiT, DRWKV
+
+# Never serve allocations by mmap (so frees never unmap) and never trim the heap: freed memory stays
+# in the process for the next forward.
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
 def build(family, tokens, depth, width, heads):
@@ -65,7 +76,8 @@ def measure_in_subprocess(args, family, tokens):
     cmd = [sys.executable, __file__, "--one", family, str(tokens), "--depth", str(args.depth), "--width",
            str(args.width), "--heads", str(args.heads), "--threads", str(args.threads), "--repeat",
            str(args.repeat)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ) if args.glibc_defaults else {**os.environ, **MALLOC_ENV}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result["ms"], result["peak_mb"]
 
@@ -102,6 +114,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="timed forwards per point; the median is kept")
     parser.add_argument("--plot", default="docs/scaling_cpu.png", help="PNG plot to write ('' for none)")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="CPU: run the measuring processes with glibc malloc's default policy, not MALLOC_ENV")
     parser.add_argument("--one", nargs=2, metavar=("FAMILY", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,7 +126,10 @@ def main():
         return
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
-    print(f"depth {args.depth}, width {args.width}, batch 1, patch 2, {device_name}\n")
+    malloc = ""
+    if args.device == "cpu":
+        malloc = ", glibc malloc defaults" if args.glibc_defaults else ", " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
+    print(f"depth {args.depth}, width {args.width}, batch 1, patch 2, {device_name}{malloc}\n")
     print("| tokens | DRWKV ms | DiT ms | DiT / DRWKV | DRWKV growth | DiT growth | DRWKV peak MB | DiT peak MB |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []

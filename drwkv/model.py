@@ -62,7 +62,13 @@ CONFIG_KEYS = ("model", "image_size", "in_channels", "num_classes", "learn_sigma
 # Shared pieces: embeddings, modulation, head.
 
 def modulate(x, shift, scale):
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    # x * (1 + scale) + shift in one pass over x (no full-size temporary).
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+def gated_residual(x, gate, branch):
+    """x + gate * branch in one pass (no full-size temporary for gate * branch)."""
+    return torch.addcmul(x, gate.unsqueeze(1), branch)
 
 
 def sincos_pos_embed_2d(dim, grid_size):
@@ -186,12 +192,53 @@ class Denoiser(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Diffusion-RWKV
 
+def _tracing():
+    """True under torch.export / torch.onnx.export (dynamo) and torch.jit.trace: the model then takes
+    its export-friendly forms (no in-place writes, no eager-only chunking, ONNX-friendly ops)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def token_mix(x, xx, mix):
+    """x * mix + xx * (1 - mix): RWKV's per-channel interpolation between a token and its Q-shift.
+
+    Eager mode computes it as one lerp pass (the plain form makes three full-size passes). Traced
+    models keep the plain form: torch.export decomposes lerp into a larger ONNX graph (Sub, Where,
+    Mul, Add) than these two Muls and an Add.
+    """
+    if _tracing():
+        return x * mix + xx * (1 - mix)
+    return torch.lerp(xx, x, mix)
+
+
 def q_shift(x, h, w):
     """Q-Shift on tokens [B, h*w, C]: channel quarters take the value of the left, right, upper and
     lower neighbour (zero past the border); channels past 4*(C//4) pass through unchanged.
 
-    Written with slices and pads only (no in-place writes), so it traces to ONNX.
+    Eager mode writes the shifted quarters straight into one output tensor; under tracing or
+    export (torch.export, torch.jit) the pads-and-cat form below runs instead, which has no
+    in-place writes and traces to ONNX. Both give bit-identical results (pure copies).
     """
+    if _tracing():
+        return _q_shift_traceable(x, h, w)
+    B, T, C = x.shape
+    q = C // 4
+    x = x.reshape(B, h, w, C)
+    out = torch.empty_like(x)
+    out[:, :, 1:, 0:q] = x[:, :, : w - 1, 0:q]              # from the left
+    out[:, :, 0, 0:q] = 0
+    out[:, :, : w - 1, q:2 * q] = x[:, :, 1:, q:2 * q]      # from the right
+    out[:, :, w - 1, q:2 * q] = 0
+    out[:, 1:, :, 2 * q:3 * q] = x[:, : h - 1, :, 2 * q:3 * q]  # from above
+    out[:, 0, :, 2 * q:3 * q] = 0
+    out[:, : h - 1, :, 3 * q:4 * q] = x[:, 1:, :, 3 * q:4 * q]  # from below
+    out[:, h - 1, :, 3 * q:4 * q] = 0
+    out[..., 4 * q:] = x[..., 4 * q:]
+    return out.reshape(B, T, C)
+
+
+def _q_shift_traceable(x, h, w):
+    """q_shift with slices, pads and one cat only (no in-place writes), so it traces to ONNX.
+    (A pad-and-cat costs two full-size tensors, which is why eager mode does not use it.)"""
     B, T, C = x.shape
     q = C // 4
     x = x.reshape(B, h, w, C)
@@ -230,13 +277,14 @@ class SpatialMix(nn.Module):
 
     def forward(self, x, h, w):
         xx = q_shift(x, h, w)
-        k = self.key(x * self.mix_k + xx * (1 - self.mix_k))
-        v = self.value(x * self.mix_v + xx * (1 - self.mix_v))
-        r = self.receptance(x * self.mix_r + xx * (1 - self.mix_r))
+        k = self.key(token_mix(x, xx, self.mix_k))
+        v = self.value(token_mix(x, xx, self.mix_v))
+        r = self.receptance(token_mix(x, xx, self.mix_r))
         T = x.shape[1]
         # The operator takes float32/float16; under bf16 autocast k and v arrive in bf16.
         y = bi_wkv(self.spatial_decay / T, self.spatial_first / T, k.float(), v.float())
-        return self.output(torch.sigmoid(r) * y.to(r.dtype))
+        # In place on r: a Linear's backward does not need its output, and sigmoid keeps its own.
+        return self.output(torch.sigmoid_(r) * y.to(r.dtype))
 
 
 class ChannelMix(nn.Module):
@@ -251,11 +299,31 @@ class ChannelMix(nn.Module):
         self.value = nn.Linear(hidden_ratio * dim, dim, bias=False)
         self.receptance = nn.Linear(dim, dim, bias=False)
 
+    # Inference runs the per-token MLP over chunks of this many tokens. The 4*dim hidden of a whole
+    # image (100 MB at 16384 tokens and width 384) would not stay in cache between its four passes
+    # and, being larger than glibc's mmap threshold (32 MB at most), would be mapped and
+    # page-faulted afresh by every call; a chunk's hidden (6 MB here) is reused from the heap.
+    chunk_tokens = 1024
+
     def forward(self, x, h, w):
         xx = q_shift(x, h, w)
-        k = self.key(x * self.mix_k + xx * (1 - self.mix_k))
-        r = self.receptance(x * self.mix_r + xx * (1 - self.mix_r))
-        return torch.sigmoid(r) * self.value(torch.relu(k).square())
+        T, n = x.shape[1], self.chunk_tokens
+        if T <= n or torch.is_grad_enabled() or _tracing():
+            return self.mlp(x, xx)
+        out = torch.empty_like(x)
+        for s in range(0, T, n):
+            out[:, s:s + n] = self.mlp(x[:, s:s + n], xx[:, s:s + n])
+        return out
+
+    def mlp(self, x, xx):
+        """The block's per-token work: sigmoid(R xr) * V(relu(K xk)^2)."""
+        k = self.key(token_mix(x, xx, self.mix_k))
+        r = self.receptance(token_mix(x, xx, self.mix_r))
+        # relu and sigmoid in place on Linear outputs (their backward needs only their own result).
+        # square in place only without autograd, where relu's saved result need not survive.
+        k = torch.relu_(k)
+        k = k.square_() if not torch.is_grad_enabled() else k.square()
+        return torch.sigmoid_(r) * self.value(k)
 
 
 class RWKVBlock(nn.Module):
@@ -278,8 +346,8 @@ class RWKVBlock(nn.Module):
         if self.ln0 is not None:
             x = self.ln0(x)
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate1.unsqueeze(1) * self.att(modulate(self.ln1(x), shift1, scale1), h, w)
-        x = x + gate2.unsqueeze(1) * self.ffn(modulate(self.ln2(x), shift2, scale2), h, w)
+        x = gated_residual(x, gate1, self.att(modulate(self.ln1(x), shift1, scale1), h, w))
+        x = gated_residual(x, gate2, self.ffn(modulate(self.ln2(x), shift2, scale2), h, w))
         return x
 
 
@@ -334,8 +402,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x, c):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
-        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = gated_residual(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1)))
+        x = gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
         return x
 
 
