@@ -10,10 +10,10 @@ its peak resident memory is its own. Prints a markdown table and writes a PNG pl
 
 CPU processes of both models run with glibc malloc told to keep freed memory (MALLOC_ENV below, see
 mallopt(3)), as a serving process would with this setting or with jemalloc/tcmalloc. By default glibc
-hands blocks over 32 MB, and free heap tops over a few tens of MB, back to the kernel, so every
-forward page-faults its large activations back in (about 2 us per 4 KiB page on the 2-core CI VM,
-1-1.5 s of a DRWKV forward at 16384 tokens, and more at some runs than others).
-``--glibc-defaults`` measures with glibc's default policy instead.
+hands blocks over its mmap threshold (at most 32 MB) and free heap tops over its trim threshold back
+to the kernel, so a forward page-faults part of its large activations back in: about 2 us per
+4 KiB page on the 2-core CI VM, from 0.1 to 1 s of a forward at 16384 tokens depending on how the
+heap happens to be trimmed. ``--glibc-defaults`` measures with glibc's default policy instead.
 """
 import argparse
 import json
