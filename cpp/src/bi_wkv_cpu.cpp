@@ -125,12 +125,15 @@ int64_t bidirectional_scan(const Op& op, int64_t B, int64_t T, int64_t C, int64_
   };
   auto pos = [](int64_t t) { return math::splat<Calc>(typename math::Lane<Calc>::Elem(t)); };
 
-  // Sums entering each segment from the left and from the right, [task][lane]: empty unless T is
-  // split into segments.
-  std::vector<Sum> enter_left(n_tasks * kLanes), enter_right(n_tasks * kLanes);
-  for (auto& x : enter_left) x.clear();
-  for (auto& x : enter_right) x.clear();
+  // Sums entering each segment from the left and from the right, [task][lane]; only allocated
+  // when T is split into segments. A single segment has nothing entering: `none`, for every task.
+  std::vector<Sum> enter_left, enter_right, none(kLanes);
+  for (auto& x : none) x.clear();
   if (n_seg > 1) {
+    enter_left.resize(n_tasks * kLanes);
+    enter_right.resize(n_tasks * kLanes);
+    for (auto& x : enter_left) x.clear();
+    for (auto& x : enter_right) x.clear();
     std::vector<Sum> seg_left(enter_left.size()), seg_right(enter_right.size());
     parallel_for(n_tasks, threads, [&](int64_t task) {
       const Task tk = task_of(task);
@@ -170,7 +173,9 @@ int64_t bidirectional_scan(const Op& op, int64_t B, int64_t T, int64_t C, int64_
   parallel_for(n_tasks, threads, [&](int64_t task) {
     const Task tk = task_of(task);
     const int64_t t0 = tk.s * seg_len, t1 = std::min(T, t0 + seg_len);
-    walk(tk.b, tk.c0, tk.n_lanes, t0, t1, &enter_left[task * kLanes], &enter_right[task * kLanes],
+    const bool split = n_seg > 1;
+    walk(tk.b, tk.c0, tk.n_lanes, t0, t1, split ? &enter_left[task * kLanes] : none.data(),
+         split ? &enter_right[task * kLanes] : none.data(),
          part ? &part[task * kLanes * Op::kPartials] : nullptr);
   });
   return n_tasks;
@@ -246,15 +251,13 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
     if (t >= t0 && t < t1) __builtin_prefetch(&op.k_[at(t, j)]), __builtin_prefetch(&op.v_[at(t, j)]);
   };
 
-  // Runs body(load, store) with loads and stores of a lane's `width` channels; a full lane (all but
-  // possibly the last) gets plain vector moves.
+  // Returns body(load, store) with loads and stores of a lane's `width` channels; a full lane (all
+  // but possibly the last) gets plain vector moves.
   auto with_width = [](int width, auto body) {
-    if (width == W) {
-      body([](const auto* p) { return LaneIO::load(p, 0, W); }, [](auto* p, VecF x) { LaneIO::store(p, 0, x, W); });
-    } else {
-      body([width](const auto* p) { return LaneIO::load(p, 0, width); },
-           [width](auto* p, VecF x) { LaneIO::store(p, 0, x, width); });
-    }
+    if (width == W)
+      return body([](const auto* p) { return LaneIO::load(p, 0, W); }, [](auto* p, VecF x) { LaneIO::store(p, 0, x, W); });
+    return body([width](const auto* p) { return LaneIO::load(p, 0, width); },
+                [width](auto* p, VecF x) { LaneIO::store(p, 0, x, width); });
   };
 
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
@@ -267,18 +270,18 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
       const int width = op.lanes(c0 + j * W);
       right_at[ch * n_lanes + j] = math::narrow(sums[j]);
       VecF S[2] = {};
-      with_width(width, [&](auto load, auto) {
-        VecF M = load(k);
-        for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, load(k + i * C));
-        chunk_max[ch * n_lanes + j] = M;
+      const VecF M = with_width(width, [&](auto load, auto) {
+        VecF max = load(k);
+        for (int64_t i = 1; i < n; ++i) max = math::lane_max(max, load(k + i * C));
         for (int64_t i = n - 1; i >= 0; --i) {
           prefetch(first + i - L, j);
-          const VecF e = math::lane_exp(load(k + i * C) - M);
+          const VecF e = math::lane_exp(load(k + i * C) - max);
           S[0] = S[0] * lc.r + e * load(v + i * C);
           S[1] = S[1] * lc.r + e;
         }
+        return max;
       });
-      const VecF M = chunk_max[ch * n_lanes + j];
+      chunk_max[ch * n_lanes + j] = M;
       sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(S[0], S[1], M, pos(first)), lc.w);
     }
   }
