@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <utility>
 #include <stdexcept>
 #include <type_traits>
@@ -35,11 +36,19 @@ namespace {
 using math::kLeft;
 using math::kRight;
 
-// Channels per task: the forward's chunked walk reads whole rows of its block in address order,
-// so wider is better for the memory system as long as the tasks keep every thread busy.
+// Channels per backward task.
 constexpr int64_t kChannelBlock = 16;
-constexpr int64_t kForwardChannelBlock = 32;
 constexpr int64_t kMinSegment = 512;
+
+// Channels per forward task: whole rows when there are enough batch rows to keep every thread
+// busy, since the chunked walk then reads each tensor as one stream; otherwise each row is split
+// into as many blocks (of whole lanes, at least kMinForwardBlock channels) as it takes.
+constexpr int64_t kMinForwardBlock = 32;
+int64_t forward_block(int64_t B, int64_t C, int threads, int64_t width) {
+  const int64_t per_row = (4 * threads + B - 1) / B;
+  const int64_t block = ((C + per_row - 1) / per_row + width - 1) / width * width;
+  return std::max(kMinForwardBlock, block);
+}
 
 // float32 and float16 run 4 channels per SIMD lane; float64 (for exact checks) one channel per lane.
 // Long sums accumulate in double: float32 results stay exact to a few ulps for any T.
@@ -210,8 +219,10 @@ void anchored_walk(const Op& op, int64_t b, int64_t c, int64_t t0, int64_t t1, t
 // The forward of a task's lanes over [t0, t1) in chunks of math::kChunk tokens (see
 // math::chunk_frame), for the lanes whose w and u allow it. Pass 1 walks the chunks right to left
 // and keeps the right sum entering each; pass 2 walks them left to right and writes the outputs.
-// Inside a chunk each lane is done in turn, so that the chunk's rows, every lane's share of them,
-// are read from memory once per pass in address order and then come from L1.
+// Each chunk's rows are first copied, in address order, into lane-major tiles that stay in cache;
+// the lanes are then done in turn from the tiles, and the outputs copied back row by row. Memory
+// is thus only ever walked along rows, in one direction per pass, which the hardware prefetchers
+// follow; walking each lane down the rows (1.5 KB apart for C=384) left them behind.
 template <class IO>
 void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_lanes, const bool* ready, int64_t t0,
                      int64_t t1, const math::ForwardSum<math::VecF, math::VecD>* enter_left,
@@ -222,6 +233,7 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
   using LaneIO = LaneIO<VecF>;
   constexpr int64_t L = math::kChunk, W = math::Lane<VecF>::kWidth;
   const int64_t n_chunks = (t1 - t0 + L - 1) / L, C = op.C;
+  const int last_width = op.lanes(c0 + (n_lanes - 1) * W);
   struct LaneConst {
     VecF w, r, self_scale, decay[L];  // decay[n] = exp(-n w)
   };
@@ -229,11 +241,14 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
   thread_local std::vector<Sum> sums;
   // [chunk][lane]: the right sum entering each chunk, and the chunk's largest key
   thread_local std::vector<Kept> right_at;
-  thread_local SimdBuffer<VecF> chunk_max_buffer;
+  thread_local SimdBuffer<VecF> chunk_max_buffer, tile_buffer;
   lane_const.resize(n_lanes);
   sums.resize(n_lanes);
   if (right_at.size() < size_t(n_chunks * n_lanes)) right_at.resize(n_chunks * n_lanes);
   VecF* chunk_max = chunk_max_buffer.reserve(n_chunks * n_lanes);
+  // Tiles of k, v, y and lse: tile[j * L + i] holds lane j at the chunk's token i.
+  VecF* tiles = tile_buffer.reserve(4 * L * n_lanes);
+  VecF *tile_k = tiles, *tile_v = tiles + L * n_lanes, *tile_y = tiles + 2 * L * n_lanes, *tile_lse = tiles + 3 * L * n_lanes;
   for (int64_t j = 0; j < n_lanes; ++j) {
     if (!ready[j]) continue;
     LaneConst& lc = lane_const[j];
@@ -243,44 +258,45 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
     for (int64_t n = 0; n < L; ++n) lc.decay[n] = math::lane_exp(-lc.w * float(n));
   }
   auto pos = [](int64_t t) { return math::splat<VecF>(float(t)); };
-  // Offset of lane j's channels in row t; rows are C apart.
-  auto at = [&](int64_t t, int64_t j) { return (b * op.T + t) * C + c0 + j * W; };
-  // Rows are too far apart for the hardware prefetchers: each step asks for the lane's share of
-  // k and v one chunk ahead in the direction of the walk.
-  auto prefetch = [&](int64_t t, int64_t j) {
-    if (t >= t0 && t < t1) __builtin_prefetch(&op.k_[at(t, j)]), __builtin_prefetch(&op.v_[at(t, j)]);
+  // Offset of row t of the block; rows are C apart.
+  auto row = [&](int64_t t) { return (b * op.T + t) * C + c0; };
+  // Row i of the chunk starting at `first` into the k and v tiles. Rows are taken in the walk's
+  // direction (step +1 or -1), so that each pass reads memory as one stream.
+  auto gather = [&](int64_t first, int64_t n, int step) {
+    for (int64_t s = 0; s < n; ++s) {
+      const int64_t i = step > 0 ? s : n - 1 - s;
+      const IO *k = &op.k_[row(first + i)], *v = &op.v_[row(first + i)];
+      for (int64_t j = 0; j < n_lanes - 1; ++j) {
+        tile_k[j * L + i] = LaneIO::load(k, j * W, W);
+        tile_v[j * L + i] = LaneIO::load(v, j * W, W);
+      }
+      tile_k[(n_lanes - 1) * L + i] = LaneIO::load(k, (n_lanes - 1) * W, last_width);
+      tile_v[(n_lanes - 1) * L + i] = LaneIO::load(v, (n_lanes - 1) * W, last_width);
+    }
   };
-
-  // Returns body(load, store) with loads and stores of a lane's `width` channels; a full lane (all
-  // but possibly the last) gets plain vector moves.
-  auto with_width = [](int width, auto body) {
-    if (width == W)
-      return body([](const auto* p) { return LaneIO::load(p, 0, W); }, [](auto* p, VecF x) { LaneIO::store(p, 0, x, W); });
-    return body([width](const auto* p) { return LaneIO::load(p, 0, width); },
-                [width](auto* p, VecF x) { LaneIO::store(p, 0, x, width); });
+  // The chunked lanes' outputs from a tile back to rows [first, first + n).
+  auto scatter = [&](const VecF* tile, auto* out, int64_t first, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n_lanes; ++j)
+        if (ready[j]) LaneIO::store(&out[row(first + i)], j * W, tile[j * L + i], j + 1 < n_lanes ? int(W) : last_width);
   };
 
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
   for (int64_t ch = n_chunks - 1; ch >= 0; --ch) {
     const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
+    gather(first, n, -1);
     for (int64_t j = 0; j < n_lanes; ++j) {
       if (!ready[j]) continue;
       const LaneConst& lc = lane_const[j];
-      const IO *k = &op.k_[at(first, j)], *v = &op.v_[at(first, j)];
-      const int width = op.lanes(c0 + j * W);
+      const VecF *k = &tile_k[j * L], *v = &tile_v[j * L];
       right_at[ch * n_lanes + j] = math::narrow(sums[j]);
-      VecF S[2] = {};
-      const VecF M = with_width(width, [&](auto load, auto) {
-        VecF max = load(k);
-        for (int64_t i = 1; i < n; ++i) max = math::lane_max(max, load(k + i * C));
-        for (int64_t i = n - 1; i >= 0; --i) {
-          prefetch(first + i - L, j);
-          const VecF e = math::lane_exp(load(k + i * C) - max);
-          S[0] = S[0] * lc.r + e * load(v + i * C);
-          S[1] = S[1] * lc.r + e;
-        }
-        return max;
-      });
+      VecF M = k[0], S[2] = {};
+      for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k[i]);
+      for (int64_t i = n - 1; i >= 0; --i) {
+        const VecF e = math::lane_exp(k[i] - M);
+        S[0] = S[0] * lc.r + e * v[i];
+        S[1] = S[1] * lc.r + e;
+      }
       chunk_max[ch * n_lanes + j] = M;
       sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(S[0], S[1], M, pos(first)), lc.w);
     }
@@ -289,40 +305,34 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_left[j];
   for (int64_t ch = 0; ch < n_chunks; ++ch) {
     const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
+    gather(first, n, +1);
     for (int64_t j = 0; j < n_lanes; ++j) {
       if (!ready[j]) continue;
       const LaneConst& lc = lane_const[j];
-      const IO *k = &op.k_[at(first, j)], *v_in = &op.v_[at(first, j)];
-      const int width = op.lanes(c0 + j * W);
+      const VecF *k = &tile_k[j * L], *v = &tile_v[j * L];
+      VecF *y = &tile_y[j * L], *lse = &tile_lse[j * L];
       const VecF M = chunk_max[ch * n_lanes + j];
       // Each token's weight and the chunk's sum right of it, then left to right with the sum left of it.
       const math::ChunkFrame<VecF> frame = math::chunk_frame(math::narrow(sums[j]), right_at[ch * n_lanes + j], M,
                                                              pos(first), pos(first + n), lc.w);
-      IO* y = &op.y_[at(first, j)];
-      float* lse = op.lse_ ? &op.lse_[at(first, j)] : nullptr;
-      VecF acc[2] = {};
-      with_width(width, [&](auto load, auto store) {
-        VecF e[L], v[L], S[L][2];
-        for (int64_t i = n - 1; i >= 0; --i) {
-          prefetch(first + i + L, j);
-          S[i][0] = acc[0], S[i][1] = acc[1];
-          e[i] = math::lane_exp(load(k + i * C) - M);
-          v[i] = load(v_in + i * C);
-          acc[0] = acc[0] * lc.r + e[i] * v[i];
-          acc[1] = acc[1] * lc.r + e[i];
-        }
-        acc[0] = acc[1] = VecF{};
-        for (int64_t i = 0; i < n; ++i) {
-          VecF lse_i;
-          store(y + i * C, math::chunk_output(frame, lc.decay[i], lc.decay[n - 1 - i], acc, S[i],
-                                              lc.self_scale * e[i], v[i], lse ? &lse_i : nullptr));
-          if (lse) store(lse + i * C, lse_i);
-          acc[0] = acc[0] * lc.r + e[i] * v[i];
-          acc[1] = acc[1] * lc.r + e[i];
-        }
-      });
+      VecF e[L], S[L][2], acc[2] = {};
+      for (int64_t i = n - 1; i >= 0; --i) {
+        S[i][0] = acc[0], S[i][1] = acc[1];
+        e[i] = math::lane_exp(k[i] - M);
+        acc[0] = acc[0] * lc.r + e[i] * v[i];
+        acc[1] = acc[1] * lc.r + e[i];
+      }
+      acc[0] = acc[1] = VecF{};
+      for (int64_t i = 0; i < n; ++i) {
+        y[i] = math::chunk_output(frame, lc.decay[i], lc.decay[n - 1 - i], acc, S[i], lc.self_scale * e[i], v[i],
+                                  op.lse_ ? &lse[i] : nullptr);
+        acc[0] = acc[0] * lc.r + e[i] * v[i];
+        acc[1] = acc[1] * lc.r + e[i];
+      }
       sums[j].template merge<kLeft>(math::chunk_sum<VecF, math::VecD>(acc[0], acc[1], M, pos(first + n - 1)), lc.w);
     }
+    scatter(tile_y, op.y_, first, n);
+    if (op.lse_) scatter(tile_lse, op.lse_, first, n);
   }
 }
 
@@ -334,14 +344,15 @@ void forward_typed(const void* w, const void* u, const void* k, const void* v, v
   Op op{static_cast<const E*>(w), static_cast<const E*>(u), static_cast<const IO*>(k), static_cast<const IO*>(v),
         static_cast<IO*>(y), static_cast<E*>(lse), T, C};
   constexpr int64_t W = math::Lane<typename Op::CalcT>::kWidth;
-  bidirectional_scan(op, B, T, C, kForwardChannelBlock, threads, nullptr,
+  const int64_t block = forward_block(B, C, threads, W);
+  bidirectional_scan(op, B, T, C, block, threads, nullptr,
                      [&](int64_t b, int64_t c0, int64_t n_lanes, int64_t t0, int64_t t1, const typename Op::Sum* left,
                          const typename Op::Sum* right, void*) {
-    bool ready[kForwardChannelBlock / W] = {};
+    std::unique_ptr<bool[]> ready(new bool[n_lanes]());
     if constexpr (std::is_same_v<typename Op::CalcT, math::VecF>) {
       for (int64_t j = 0; j < n_lanes; ++j)
         ready[j] = math::all_of(math::chunk_ready(op.w(c0 + j * W), op.u(c0 + j * W)));
-      chunked_forward(op, b, c0, n_lanes, ready, t0, t1, left, right);
+      chunked_forward(op, b, c0, n_lanes, ready.get(), t0, t1, left, right);
     }
     for (int64_t j = 0; j < n_lanes; ++j)
       if (!ready[j]) anchored_walk(op, b, c0 + j * W, t0, t1, left[j], right[j], nullptr);
