@@ -258,27 +258,36 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
     for (int64_t n = 0; n < L; ++n) lc.decay[n] = math::lane_exp(-lc.w * float(n));
   }
   auto pos = [](int64_t t) { return math::splat<VecF>(float(t)); };
-  // Offset of row t of the block; rows are C apart.
+  // Offset of row t of the block; rows are C apart. Every lane is full but possibly the last.
   auto row = [&](int64_t t) { return (b * op.T + t) * C + c0; };
-  // Row i of the chunk starting at `first` into the k and v tiles. Rows are taken in the walk's
-  // direction (step +1 or -1), so that each pass reads memory as one stream.
+  const int64_t full_lanes = last_width == W ? n_lanes : n_lanes - 1;
+  // Rows [first, first + n) into the k and v tiles, taken in the walk's direction (step +1 or -1)
+  // so that each pass reads memory as one stream.
   auto gather = [&](int64_t first, int64_t n, int step) {
     for (int64_t s = 0; s < n; ++s) {
       const int64_t i = step > 0 ? s : n - 1 - s;
       const IO *k = &op.k_[row(first + i)], *v = &op.v_[row(first + i)];
-      for (int64_t j = 0; j < n_lanes - 1; ++j) {
-        tile_k[j * L + i] = LaneIO::load(k, j * W, W);
-        tile_v[j * L + i] = LaneIO::load(v, j * W, W);
+      VecF *tk = &tile_k[i], *tv = &tile_v[i];
+      #pragma GCC unroll 4
+      for (int64_t j = 0; j < full_lanes; ++j) {
+        tk[j * L] = LaneIO::load(k + j * W, 0, W);
+        tv[j * L] = LaneIO::load(v + j * W, 0, W);
       }
-      tile_k[(n_lanes - 1) * L + i] = LaneIO::load(k, (n_lanes - 1) * W, last_width);
-      tile_v[(n_lanes - 1) * L + i] = LaneIO::load(v, (n_lanes - 1) * W, last_width);
+      if (full_lanes < n_lanes) {
+        tk[full_lanes * L] = LaneIO::load(k + full_lanes * W, 0, last_width);
+        tv[full_lanes * L] = LaneIO::load(v + full_lanes * W, 0, last_width);
+      }
     }
   };
   // The chunked lanes' outputs from a tile back to rows [first, first + n).
   auto scatter = [&](const VecF* tile, auto* out, int64_t first, int64_t n) {
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n_lanes; ++j)
-        if (ready[j]) LaneIO::store(&out[row(first + i)], j * W, tile[j * L + i], j + 1 < n_lanes ? int(W) : last_width);
+    for (int64_t i = 0; i < n; ++i) {
+      auto* o = &out[row(first + i)];
+      #pragma GCC unroll 4
+      for (int64_t j = 0; j < full_lanes; ++j)
+        if (ready[j]) LaneIO::store(o + j * W, 0, tile[j * L + i], W);
+      if (full_lanes < n_lanes && ready[full_lanes]) LaneIO::store(o + full_lanes * W, 0, tile[full_lanes * L + i], last_width);
+    }
   };
 
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
@@ -291,9 +300,11 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
       const VecF *k = &tile_k[j * L], *v = &tile_v[j * L];
       right_at[ch * n_lanes + j] = math::narrow(sums[j]);
       VecF M = k[0], S[2] = {};
+      #pragma GCC unroll 8
       for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k[i]);
+      #pragma GCC unroll 8
       for (int64_t i = n - 1; i >= 0; --i) {
-        const VecF e = math::lane_exp(k[i] - M);
+        const VecF e = math::lane_exp_nonpositive(k[i] - M);
         S[0] = S[0] * lc.r + e * v[i];
         S[1] = S[1] * lc.r + e;
       }
@@ -316,13 +327,15 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
       const math::ChunkFrame<VecF> frame = math::chunk_frame(math::narrow(sums[j]), right_at[ch * n_lanes + j], M,
                                                              pos(first), pos(first + n), lc.w);
       VecF e[L], S[L][2], acc[2] = {};
+      #pragma GCC unroll 8
       for (int64_t i = n - 1; i >= 0; --i) {
         S[i][0] = acc[0], S[i][1] = acc[1];
-        e[i] = math::lane_exp(k[i] - M);
+        e[i] = math::lane_exp_nonpositive(k[i] - M);
         acc[0] = acc[0] * lc.r + e[i] * v[i];
         acc[1] = acc[1] * lc.r + e[i];
       }
       acc[0] = acc[1] = VecF{};
+      #pragma GCC unroll 8
       for (int64_t i = 0; i < n; ++i) {
         y[i] = math::chunk_output(frame, lc.decay[i], lc.decay[n - 1 - i], acc, S[i], lc.self_scale * e[i], v[i],
                                   op.lse_ ? &lse[i] : nullptr);

@@ -33,14 +33,14 @@ inline bool all_of(VecI m) {
   return true;
 }
 
-inline VecF lane_exp(VecF x) {
-  const VecF zero = {}, one = zero + 1.0f;
-  // Beyond these bounds the result is 0 or inf (set at the end); clamping first keeps the
-  // exponent arithmetic in range. Above 88.3 the scale 2^n would overflow to inf anyway.
-  const VecF xc = x < -87.33f ? zero - 87.33f : (x > 88.3f ? zero + 88.3f : x);
-  // n = nearest integer to x / ln 2 (adding and subtracting 1.5 * 2^23 rounds), so |r| <= ln 2 / 2.
-  const VecF n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const VecF r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+// exp(x) for x in [-87.33, 88.3], where neither 2^n below overflows nor the result is subnormal.
+inline VecF exp_in_range(VecF x) {
+  const VecF one = VecF{} + 1.0f;
+  // t = x / ln 2 + 1.5 * 2^23 rounds: t - 1.5 * 2^23 = n, the nearest integer to x / ln 2, so that
+  // |r| <= ln 2 / 2; and t's low mantissa bits hold n, from which 2^n is built.
+  const VecF t = x * 1.44269504088896341f + 12582912.0f;
+  const VecF n = t - 12582912.0f;
+  const VecF r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
   const VecF z = r * r;
   VecF p = 1.9875691500e-4f * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -48,13 +48,29 @@ inline VecF lane_exp(VecF x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * z + r + one;
-  const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
+  VecI bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  bits = (bits + 127) << 23;  // (n + 127) << 23: t's bits are n + 0x4B400000, whose top part shifts out
   VecF scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  VecF result = p * scale;
+  return p * scale;
+}
+
+inline VecF lane_exp(VecF x) {
+  const VecF zero = {};
+  // Beyond these bounds the result is 0 or inf (set at the end); NaN stays NaN.
+  const VecF xc = x < -87.33f ? zero - 87.33f : (x > 88.3f ? zero + 88.3f : x);
+  VecF result = exp_in_range(xc);
   result = x < -87.33f ? zero : result;
   result = x > 88.3f ? zero + INFINITY : result;
   return result;
+}
+
+// exp(x) for x <= 0 (or NaN), the chunked forward's weights: no overflow to handle.
+inline VecF lane_exp_nonpositive(VecF x) {
+  const VecF zero = {};
+  const auto under = x < -87.33f;
+  return under ? zero : exp_in_range(under ? zero - 87.33f : x);
 }
 
 // Natural log of positive normal numbers (the denominators here are at least about 1).
