@@ -74,12 +74,12 @@ def test_forward_long_sequence_strong_growth():
     assert forward_error(bi_wkv(w, u, k, v), w, u, k, v) < 1e-5
 
 
-# The CPU kernel takes a chunked path for channels with |w| * 32 <= 8 and u <= 30 (the model's w
+# The CPU kernel takes a chunked path for channels with |w| * 64 <= 8 and u <= 30 (the model's w
 # and u are divided by T, so it always does) and the anchored path otherwise; these cases sit on
 # its edges: the bounds themselves, keys 120 apart inside one chunk, T around the chunk length,
 # and both paths side by side in one block of channels.
-@pytest.mark.parametrize("T", [1, 31, 32, 33, 65, 5000])
-@pytest.mark.parametrize("w_value,u_value", [(0.25, 30.0), (-0.25, 30.0), (0.25, -100.0), (-0.25, -100.0),
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 129, 5000])
+@pytest.mark.parametrize("w_value,u_value", [(0.125, 30.0), (-0.125, 30.0), (0.125, -100.0), (-0.125, -100.0),
                                              (1e-4, 0.0)])
 def test_forward_chunked_path_edges(T, w_value, u_value):
     w, u, k, v = make_inputs(1, T, 8, k_scale=20.0, seed=T)

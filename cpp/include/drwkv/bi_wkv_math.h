@@ -202,7 +202,7 @@ DRWKV_HD void forward_output(const ForwardSum<Calc, Acc>& left, const ForwardSum
 // negligible: all of a chunk's tokens, including the one with key M, are seen from every t of
 // the chunk (that one possibly as the token itself, weighted exp(u) >= exp(-30)), and their
 // relative weights change by at most exp(|w| kChunk) across it.
-constexpr int kChunk = 32;
+constexpr int kChunk = 64;
 constexpr float kMaxChunkDecay = 8.0f;  // |w| * kChunk at most this
 constexpr float kMaxBonus = 30.0f;      // |u| at most this (exp(u) is a factor of the self term)
 
