@@ -217,12 +217,13 @@ void anchored_walk(const Op& op, int64_t b, int64_t c, int64_t t0, int64_t t1, t
 }
 
 // The forward of a task's lanes over [t0, t1) in chunks of math::kChunk tokens (see
-// math::chunk_frame), for the lanes whose w and u allow it. Pass 1 walks the chunks right to left
-// and keeps the right sum entering each; pass 2 walks them left to right and writes the outputs.
+// math::chunk_frame), for the lanes whose w and u allow it. Pass 1 walks the chunks left to right
+// and keeps the left sum entering each; pass 2 walks them right to left and writes the outputs.
+// Pass 2 thus starts where pass 1 ended, on rows still in cache.
 // Each chunk's rows are first copied, in address order, into lane-major tiles that stay in cache;
 // the lanes are then done in turn from the tiles, and the outputs copied back row by row. Memory
-// is thus only ever walked along rows, in one direction per pass, which the hardware prefetchers
-// follow; walking each lane down the rows (1.5 KB apart for C=384) left them behind.
+// is thus only ever walked along rows, and in ascending order within a chunk, which the hardware
+// prefetchers follow best; walking each lane down the rows (1.5 KB apart for C=384) left them behind.
 template <class IO>
 void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_lanes, const bool* ready, int64_t t0,
                      int64_t t1, const math::ForwardSum<math::VecF, math::VecD>* enter_left,
@@ -239,12 +240,12 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
   };
   thread_local std::vector<LaneConst> lane_const;
   thread_local std::vector<Sum> sums;
-  // [chunk][lane]: the right sum entering each chunk, and the chunk's largest key
-  thread_local std::vector<Kept> right_at;
+  // [chunk][lane]: the left sum entering each chunk, and the chunk's largest key
+  thread_local std::vector<Kept> left_at;
   thread_local SimdBuffer<VecF> chunk_max_buffer, tile_buffer;
   lane_const.resize(n_lanes);
   sums.resize(n_lanes);
-  if (right_at.size() < size_t(n_chunks * n_lanes)) right_at.resize(n_chunks * n_lanes);
+  if (left_at.size() < size_t(n_chunks * n_lanes)) left_at.resize(n_chunks * n_lanes);
   VecF* chunk_max = chunk_max_buffer.reserve(n_chunks * n_lanes);
   // Tiles of k, v, y and lse: tile[j * L + i] holds lane j at the chunk's token i.
   VecF* tiles = tile_buffer.reserve(4 * L * n_lanes);
@@ -261,11 +262,9 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
   // Offset of row t of the block; rows are C apart. Every lane is full but possibly the last.
   auto row = [&](int64_t t) { return (b * op.T + t) * C + c0; };
   const int64_t full_lanes = last_width == W ? n_lanes : n_lanes - 1;
-  // Rows [first, first + n) into the k and v tiles, taken in the walk's direction (step +1 or -1)
-  // so that each pass reads memory as one stream.
-  auto gather = [&](int64_t first, int64_t n, int step) {
-    for (int64_t s = 0; s < n; ++s) {
-      const int64_t i = step > 0 ? s : n - 1 - s;
+  // Rows [first, first + n) into the k and v tiles.
+  auto gather = [&](int64_t first, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
       const IO *k = &op.k_[row(first + i)], *v = &op.v_[row(first + i)];
       VecF *tk = &tile_k[i], *tv = &tile_v[i];
       #pragma GCC unroll 4
@@ -290,33 +289,33 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
     }
   };
 
-  for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
-  for (int64_t ch = n_chunks - 1; ch >= 0; --ch) {
+  for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_left[j];
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
     const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
-    gather(first, n, -1);
+    gather(first, n);
     for (int64_t j = 0; j < n_lanes; ++j) {
       if (!ready[j]) continue;
       const LaneConst& lc = lane_const[j];
       const VecF *k = &tile_k[j * L], *v = &tile_v[j * L];
-      right_at[ch * n_lanes + j] = math::narrow(sums[j]);
-      VecF M = k[0], S[2] = {};
+      left_at[ch * n_lanes + j] = math::narrow(sums[j]);
+      VecF M = k[0], P[2] = {};
       #pragma GCC unroll 8
       for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k[i]);
       #pragma GCC unroll 8
-      for (int64_t i = n - 1; i >= 0; --i) {
+      for (int64_t i = 0; i < n; ++i) {
         const VecF e = math::lane_exp_nonpositive(k[i] - M);
-        S[0] = S[0] * lc.r + e * v[i];
-        S[1] = S[1] * lc.r + e;
+        P[0] = P[0] * lc.r + e * v[i];
+        P[1] = P[1] * lc.r + e;
       }
       chunk_max[ch * n_lanes + j] = M;
-      sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(S[0], S[1], M, pos(first)), lc.w);
+      sums[j].template merge<kLeft>(math::chunk_sum<VecF, math::VecD>(P[0], P[1], M, pos(first + n - 1)), lc.w);
     }
   }
 
-  for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_left[j];
-  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+  for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
+  for (int64_t ch = n_chunks - 1; ch >= 0; --ch) {
     const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
-    gather(first, n, +1);
+    gather(first, n);
     for (int64_t j = 0; j < n_lanes; ++j) {
       if (!ready[j]) continue;
       const LaneConst& lc = lane_const[j];
@@ -324,7 +323,7 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
       VecF *y = &tile_y[j * L], *lse = &tile_lse[j * L];
       const VecF M = chunk_max[ch * n_lanes + j];
       // Each token's weight and the chunk's sum right of it, then left to right with the sum left of it.
-      const math::ChunkFrame<VecF> frame = math::chunk_frame(math::narrow(sums[j]), right_at[ch * n_lanes + j], M,
+      const math::ChunkFrame<VecF> frame = math::chunk_frame(left_at[ch * n_lanes + j], math::narrow(sums[j]), M,
                                                              pos(first), pos(first + n), lc.w);
       VecF e[L], S[L][2], acc[2] = {};
       #pragma GCC unroll 8
@@ -334,6 +333,7 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
         acc[0] = acc[0] * lc.r + e[i] * v[i];
         acc[1] = acc[1] * lc.r + e[i];
       }
+      sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(acc[0], acc[1], M, pos(first)), lc.w);
       acc[0] = acc[1] = VecF{};
       #pragma GCC unroll 8
       for (int64_t i = 0; i < n; ++i) {
@@ -342,7 +342,6 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
         acc[0] = acc[0] * lc.r + e[i] * v[i];
         acc[1] = acc[1] * lc.r + e[i];
       }
-      sums[j].template merge<kLeft>(math::chunk_sum<VecF, math::VecD>(acc[0], acc[1], M, pos(first + n - 1)), lc.w);
     }
     scatter(tile_y, op.y_, first, n);
     if (op.lse_) scatter(tile_lse, op.lse_, first, n);
