@@ -99,6 +99,21 @@ def test_forward_mixes_chunked_and_anchored_channels():
     assert forward_error(bi_wkv(w, u, k, v), w, u, k, v) < 1e-5
 
 
+def test_forward_large_output():
+    # Outputs of 8 MB and more are written around the caches (streaming stores): rows at both ends
+    # and in the middle against the formula.
+    B, T, C = 2, 4096, 256
+    w, u, k, v = make_inputs(B, T, C, k_scale=3.0, seed=21)
+    w = w / T
+    y = bi_wkv(w, u, k, v)
+    assert torch.isfinite(y).all()
+    w, u, k, v = (x.double() for x in (w, u, k, v))
+    for rows in (range(0, 16), range(2040, 2056), range(T - 16, T)):
+        ref = bi_wkv_reference(w, u, k, v, targets=rows)
+        scale = bi_wkv_reference(w, u, k, v.abs(), targets=rows)
+        assert ((y[:, rows.start:rows.stop].double() - ref).abs() / scale).max().item() < 1e-5
+
+
 def test_forward_float16_inputs():
     w, u, k, v = make_inputs(2, 300, 24, w_scale=0.01, seed=5, dtype=torch.float16)
     y = bi_wkv(w, u, k, v)

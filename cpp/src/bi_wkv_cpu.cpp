@@ -14,6 +14,7 @@
 // This file is compiled once per instruction set (DRWKV_CPU_ISA names the namespace, see
 // CMakeLists.txt); bi_wkv_cpu_dispatch.cpp picks the best one the processor supports.
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -44,6 +45,9 @@ constexpr int64_t kMinSegment = 512;
 // busy, since the chunked walk then reads each tensor as one stream; otherwise each row is split
 // into as many blocks (of whole lanes, at least kMinForwardBlock channels) as it takes.
 constexpr int64_t kMinForwardBlock = 32;
+// Outputs of at least this many bytes, beyond what the caches of a few cores hold, are written
+// around the caches.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
 int64_t forward_block(int64_t B, int64_t C, int threads, int64_t width) {
   const int64_t per_row = (4 * threads + B - 1) / B;
   const int64_t block = ((C + per_row - 1) / per_row + width - 1) / width * width;
@@ -227,7 +231,7 @@ void anchored_walk(const Op& op, int64_t b, int64_t c, int64_t t0, int64_t t1, t
 template <class IO>
 void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_lanes, const bool* ready, int64_t t0,
                      int64_t t1, const math::ForwardSum<math::VecF, math::VecD>* enter_left,
-                     const math::ForwardSum<math::VecF, math::VecD>* enter_right) {
+                     const math::ForwardSum<math::VecF, math::VecD>* enter_right, bool large_output) {
   using math::VecF;
   using Sum = math::ForwardSum<VecF, math::VecD>;
   using Kept = math::ForwardSum<VecF, VecF>;
@@ -278,13 +282,24 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
       }
     }
   };
-  // The chunked lanes' outputs from a tile back to rows [first, first + n).
+  // The chunked lanes' outputs from a tile back to rows [first, first + n). Large float32 outputs
+  // bypass the caches (rows of full lanes are then written whole, line after line).
   auto scatter = [&](const VecF* tile, auto* out, int64_t first, int64_t n) {
+    using Out = std::remove_reference_t<decltype(*out)>;
+    const bool stream = large_output && reinterpret_cast<uintptr_t>(out) % 32 == 0 && (C * sizeof(Out)) % 32 == 0;
     for (int64_t i = 0; i < n; ++i) {
-      auto* o = &out[row(first + i)];
+      Out* o = &out[row(first + i)];
       #pragma GCC unroll 4
-      for (int64_t j = 0; j < full_lanes; ++j)
-        if (ready[j]) LaneIO::store(o + j * W, 0, tile[j * L + i], W);
+      for (int64_t j = 0; j < full_lanes; ++j) {
+        if (!ready[j]) continue;
+        if constexpr (std::is_same_v<Out, float>) {
+          if (stream) {
+            math::stream_store(o + j * W, tile[j * L + i]);
+            continue;
+          }
+        }
+        LaneIO::store(o + j * W, 0, tile[j * L + i], W);
+      }
       if (full_lanes < n_lanes && ready[full_lanes]) LaneIO::store(o + full_lanes * W, 0, tile[full_lanes * L + i], last_width);
     }
   };
@@ -346,6 +361,7 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
     scatter(tile_y, op.y_, first, n);
     if (op.lse_) scatter(tile_lse, op.lse_, first, n);
   }
+  math::stream_fence();
 }
 
 template <class IO>
@@ -357,6 +373,7 @@ void forward_typed(const void* w, const void* u, const void* k, const void* v, v
         static_cast<IO*>(y), static_cast<E*>(lse), T, C};
   constexpr int64_t W = math::Lane<typename Op::CalcT>::kWidth;
   const int64_t block = forward_block(B, C, threads, W);
+  const bool large_output = B * T * C * int64_t(sizeof(IO)) >= kStreamBytes;
   bidirectional_scan(op, B, T, C, block, threads, nullptr,
                      [&](int64_t b, int64_t c0, int64_t n_lanes, int64_t t0, int64_t t1, const typename Op::Sum* left,
                          const typename Op::Sum* right, void*) {
@@ -364,7 +381,7 @@ void forward_typed(const void* w, const void* u, const void* k, const void* v, v
     if constexpr (std::is_same_v<typename Op::CalcT, math::VecF>) {
       for (int64_t j = 0; j < n_lanes; ++j)
         ready[j] = math::all_of(math::chunk_ready(op.w(c0 + j * W), op.u(c0 + j * W)));
-      chunked_forward(op, b, c0, n_lanes, ready.get(), t0, t1, left, right);
+      chunked_forward(op, b, c0, n_lanes, ready.get(), t0, t1, left, right, large_output);
     }
     for (int64_t j = 0; j < n_lanes; ++j)
       if (!ready[j]) anchored_walk(op, b, c0 + j * W, t0, t1, left[j], right[j], nullptr);

@@ -7,6 +7,9 @@
 #if !defined(__CUDACC__)
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace drwkv {
 inline namespace DRWKV_KERNEL_NS {
@@ -71,6 +74,21 @@ inline VecF lane_exp_nonpositive(VecF x) {
   const VecF zero = {};
   const auto under = x < -87.33f;
   return under ? zero : exp_in_range(under ? zero - 87.33f : x);
+}
+
+// Stores a vector at p (32-byte aligned) around the caches, for outputs too large to stay in
+// them: no line is read in before it is written. stream_fence() orders such stores before later ones.
+inline void stream_store(float* p, VecF x) {
+#if defined(__AVX__)
+  _mm256_stream_ps(p, (__m256)x);
+#else
+  std::memcpy(p, &x, sizeof x);
+#endif
+}
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
 }
 
 // Natural log of positive normal numbers (the denominators here are at least about 1).
