@@ -6,7 +6,8 @@ For B=8, C=384 and T in {256, 1024, 4096} it prints the kernel time (y only: the
 used by ONNX Runtime, the engines and `bi_wkv` without gradients; and the PyTorch training op,
 which also writes the log-sum-exp that its backward needs), the time of the quadratic reference formula in float32, the kernel's achieved
 bandwidth counting k and v read once and y written once, and the machine's copy bandwidth
-(a large tensor copy, bytes read plus bytes written).
+(a large tensor copy, bytes read plus bytes written). The copy is measured again next to every
+kernel measurement, since on a shared machine the bandwidth available drifts over a run.
 """
 import argparse
 import time
@@ -46,10 +47,9 @@ def main():
     torch.set_num_threads(args.threads)
     B, C = args.batch, args.channels
 
-    copy_gbs = copy_bandwidth(args.repeat)
-    print(f"copy bandwidth: {copy_gbs:.2f} GB/s ({args.threads} threads)\n")
-    print("| T | kernel, y only (ms) | PyTorch training op, y + lse (ms) | reference O(T^2) (ms) | speed-up | kernel GB/s | % of copy |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{args.threads} threads\n")
+    print("| T | kernel, y only (ms) | PyTorch training op, y + lse (ms) | reference O(T^2) (ms) | speed-up | kernel GB/s | copy GB/s | % of copy |")
+    print("|---|---|---|---|---|---|---|---|")
     for T in args.tokens:
         g = torch.Generator().manual_seed(T)
         w = torch.randn(C, generator=g) / T
@@ -62,6 +62,7 @@ def main():
             _C.bi_wkv_forward(w.data_ptr(), u.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr(), 0, 0,
                               B, T, C, _C.DTYPE_FLOAT32, -1, 0)
 
+        copy_gbs = copy_bandwidth(args.repeat)
         kernel_s = best_time(kernel, args.repeat)
         op_s = best_time(lambda: torch.ops.drwkv.bi_wkv_forward(w, u, k, v), args.repeat)
         # The reference costs the same for every (batch row, target position): past a million of
@@ -72,7 +73,7 @@ def main():
         gbs = 12 * B * T * C / kernel_s / 1e9
         note = "" if ref_batch == B else f" (scaled from B=1, {ref_targets} targets)"
         print(f"| {T} | {kernel_s * 1e3:.1f} | {op_s * 1e3:.1f} | {ref_s * 1e3:.0f}{note} | "
-              f"{ref_s / kernel_s:.0f}x | {gbs:.2f} | {100 * gbs / copy_gbs:.0f}% |")
+              f"{ref_s / kernel_s:.0f}x | {gbs:.2f} | {copy_gbs:.2f} | {100 * gbs / copy_gbs:.0f}% |")
 
 
 if __name__ == "__main__":
