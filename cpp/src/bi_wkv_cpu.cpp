@@ -3,7 +3,7 @@
 // Work is split into tasks of (batch b, block of CB channels, segment of T). Three phases:
 //   1. each task sums its segment into one left-side and one right-side anchored sum per channel;
 //   2. per (b, channel) the sums of the other segments are merged into the sums entering each segment;
-//   3. each task walks its segment right to left, then left to right, producing the outputs.
+//   3. each task walks its segment twice, once in each direction, producing the outputs.
 // With enough (b, channel block) pairs to keep every thread busy there is a single segment and
 // phases 1-2 vanish; long sequences with few channels get split along T instead.
 //
@@ -45,14 +45,15 @@ constexpr int64_t kMinSegment = 512;
 // busy, since the chunked walk then reads each tensor as one stream; otherwise each row is split
 // into as many blocks (of whole lanes, at least kMinForwardBlock channels) as it takes.
 constexpr int64_t kMinForwardBlock = 32;
-// Outputs of at least this many bytes, beyond what the caches of a few cores hold, are written
-// around the caches.
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
 int64_t forward_block(int64_t B, int64_t C, int threads, int64_t width) {
   const int64_t per_row = (4 * threads + B - 1) / B;
   const int64_t block = ((C + per_row - 1) / per_row + width - 1) / width * width;
   return std::max(kMinForwardBlock, block);
 }
+
+// Forward outputs of at least this many bytes, beyond what the caches of a few cores hold, are
+// written around the caches.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
 // float32 and float16 run 4 channels per SIMD lane; float64 (for exact checks) one channel per lane.
 // Long sums accumulate in double: float32 results stay exact to a few ulps for any T.
