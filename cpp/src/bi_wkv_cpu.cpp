@@ -229,8 +229,22 @@ void anchored_walk(const Op& op, int64_t b, int64_t c, int64_t t0, int64_t t1, t
 // the lanes are then done in turn from the tiles, and the outputs copied back row by row. Memory
 // is thus only ever walked along rows, and in ascending order within a chunk, which the hardware
 // prefetchers follow best; walking each lane down the rows (1.5 KB apart for C=384) left them behind.
+// What the chunked forward needs of a lane's w and u, computed once per call.
+struct ChunkLaneConst {
+  math::VecF w, r, self_scale, decay[math::kChunk];  // r = exp(-w), self_scale = exp(u), decay[n] = exp(-n w)
+};
+
+ChunkLaneConst chunk_lane_const(math::VecF w, math::VecF u) {
+  ChunkLaneConst lc;
+  lc.w = w;
+  lc.r = math::lane_exp(-w);
+  lc.self_scale = math::lane_exp(u);
+  for (int n = 0; n < math::kChunk; ++n) lc.decay[n] = math::lane_exp(-w * float(n));
+  return lc;
+}
+
 template <class IO>
-void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_lanes, const bool* ready, int64_t t0,
+void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const, int64_t b, int64_t c0, int64_t n_lanes, const bool* ready, int64_t t0,
                      int64_t t1, const math::ForwardSum<math::VecF, math::VecD>* enter_left,
                      const math::ForwardSum<math::VecF, math::VecD>* enter_right, bool large_output) {
   using math::VecF;
@@ -240,29 +254,16 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
   constexpr int64_t L = math::kChunk, W = math::Lane<VecF>::kWidth;
   const int64_t n_chunks = (t1 - t0 + L - 1) / L, C = op.C;
   const int last_width = op.lanes(c0 + (n_lanes - 1) * W);
-  struct LaneConst {
-    VecF w, r, self_scale, decay[L];  // decay[n] = exp(-n w)
-  };
-  thread_local std::vector<LaneConst> lane_const;
   thread_local std::vector<Sum> sums;
   // [chunk][lane]: the left sum entering each chunk, and the chunk's largest key
   thread_local std::vector<Kept> left_at;
   thread_local SimdBuffer<VecF> chunk_max_buffer, tile_buffer;
-  lane_const.resize(n_lanes);
   sums.resize(n_lanes);
   if (left_at.size() < size_t(n_chunks * n_lanes)) left_at.resize(n_chunks * n_lanes);
   VecF* chunk_max = chunk_max_buffer.reserve(n_chunks * n_lanes);
   // Tiles of k, v, y and lse: tile[j * L + i] holds lane j at the chunk's token i.
   VecF* tiles = tile_buffer.reserve(4 * L * n_lanes);
   VecF *tile_k = tiles, *tile_v = tiles + L * n_lanes, *tile_y = tiles + 2 * L * n_lanes, *tile_lse = tiles + 3 * L * n_lanes;
-  for (int64_t j = 0; j < n_lanes; ++j) {
-    if (!ready[j]) continue;
-    LaneConst& lc = lane_const[j];
-    lc.w = op.w(c0 + j * W);
-    lc.r = math::lane_exp(-lc.w);
-    lc.self_scale = math::lane_exp(op.u(c0 + j * W));
-    for (int64_t n = 0; n < L; ++n) lc.decay[n] = math::lane_exp(-lc.w * float(n));
-  }
   auto pos = [](int64_t t) { return math::splat<VecF>(float(t)); };
   // Offset of row t of the block; rows are C apart. Every lane is full but possibly the last.
   auto row = [&](int64_t t) { return (b * op.T + t) * C + c0; };
@@ -311,7 +312,7 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
     gather(first, n);
     for (int64_t j = 0; j < n_lanes; ++j) {
       if (!ready[j]) continue;
-      const LaneConst& lc = lane_const[j];
+      const ChunkLaneConst& lc = lane_const[j];
       const VecF *k = &tile_k[j * L], *v = &tile_v[j * L];
       left_at[ch * n_lanes + j] = math::narrow(sums[j]);
       VecF M = k[0], P[2] = {};
@@ -331,10 +332,10 @@ void chunked_forward(const CpuForward<IO>& op, int64_t b, int64_t c0, int64_t n_
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
   for (int64_t ch = n_chunks - 1; ch >= 0; --ch) {
     const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
-    gather(first, n);
+    if (ch < n_chunks - 1) gather(first, n);  // the last chunk's tiles are still filled from pass 1
     for (int64_t j = 0; j < n_lanes; ++j) {
       if (!ready[j]) continue;
-      const LaneConst& lc = lane_const[j];
+      const ChunkLaneConst& lc = lane_const[j];
       const VecF *k = &tile_k[j * L], *v = &tile_v[j * L];
       VecF *y = &tile_y[j * L], *lse = &tile_lse[j * L];
       const VecF M = chunk_max[ch * n_lanes + j];
@@ -375,17 +376,25 @@ void forward_typed(const void* w, const void* u, const void* k, const void* v, v
   constexpr int64_t W = math::Lane<typename Op::CalcT>::kWidth;
   const int64_t block = forward_block(B, C, threads, W);
   const bool large_output = B * T * C * int64_t(sizeof(IO)) >= kStreamBytes;
+  // Which lanes take the chunked path, and their constants: once per call, for every task.
+  const int64_t n_all_lanes = (C + W - 1) / W;
+  std::unique_ptr<bool[]> ready(new bool[n_all_lanes]());
+  SimdBuffer<ChunkLaneConst> lane_const;
+  if constexpr (std::is_same_v<typename Op::CalcT, math::VecF>) {
+    ChunkLaneConst* lc = lane_const.reserve(n_all_lanes);
+    for (int64_t j = 0; j < n_all_lanes; ++j) {
+      ready[j] = math::all_of(math::chunk_ready(op.w(j * W), op.u(j * W)));
+      if (ready[j]) lc[j] = chunk_lane_const(op.w(j * W), op.u(j * W));
+    }
+  }
   bidirectional_scan(op, B, T, C, block, threads, nullptr,
                      [&](int64_t b, int64_t c0, int64_t n_lanes, int64_t t0, int64_t t1, const typename Op::Sum* left,
                          const typename Op::Sum* right, void*) {
-    std::unique_ptr<bool[]> ready(new bool[n_lanes]());
-    if constexpr (std::is_same_v<typename Op::CalcT, math::VecF>) {
-      for (int64_t j = 0; j < n_lanes; ++j)
-        ready[j] = math::all_of(math::chunk_ready(op.w(c0 + j * W), op.u(c0 + j * W)));
-      chunked_forward(op, b, c0, n_lanes, ready.get(), t0, t1, left, right, large_output);
-    }
+    const bool* task_ready = &ready[c0 / W];
+    if constexpr (std::is_same_v<typename Op::CalcT, math::VecF>)
+      chunked_forward(op, &lane_const[c0 / W], b, c0, n_lanes, task_ready, t0, t1, left, right, large_output);
     for (int64_t j = 0; j < n_lanes; ++j)
-      if (!ready[j]) anchored_walk(op, b, c0 + j * W, t0, t1, left[j], right[j], nullptr);
+      if (!task_ready[j]) anchored_walk(op, b, c0 + j * W, t0, t1, left[j], right[j], nullptr);
   });
 }
 
