@@ -221,14 +221,6 @@ void anchored_walk(const Op& op, int64_t b, int64_t c, int64_t t0, int64_t t1, t
   }
 }
 
-// The forward of a task's lanes over [t0, t1) in chunks of math::kChunk tokens (see
-// math::chunk_frame), for the lanes whose w and u allow it. Pass 1 walks the chunks left to right
-// and keeps the left sum entering each; pass 2 walks them right to left and writes the outputs.
-// Pass 2 thus starts where pass 1 ended, on rows still in cache.
-// Each chunk's rows are first copied, in address order, into lane-major tiles that stay in cache;
-// the lanes are then done in turn from the tiles, and the outputs copied back row by row. Memory
-// is thus only ever walked along rows, and in ascending order within a chunk, which the hardware
-// prefetchers follow best; walking each lane down the rows (1.5 KB apart for C=384) left them behind.
 // What the chunked forward needs of a lane's w and u, computed once per call.
 struct ChunkLaneConst {
   math::VecF w, r, self_scale, decay[math::kChunk];  // r = exp(-w), self_scale = exp(u), decay[n] = exp(-n w)
@@ -243,9 +235,17 @@ ChunkLaneConst chunk_lane_const(math::VecF w, math::VecF u) {
   return lc;
 }
 
+// The forward of a task's lanes over [t0, t1) in chunks of math::kChunk tokens (see
+// math::chunk_frame), for the lanes whose w and u allow it. Pass 1 walks the chunks left to right
+// and keeps the left sum entering each; pass 2 walks them right to left and writes the outputs.
+// Pass 2 thus starts where pass 1 ended, on rows still in cache.
+// Each chunk's rows are first copied, in address order, into lane-major tiles that stay in cache;
+// the lanes are then done in turn from the tiles, and the outputs copied back row by row. Memory
+// is thus only ever walked along rows, and in ascending order within a chunk, which the hardware
+// prefetchers follow best; walking each lane down the rows (1.5 KB apart for C=384) left them behind.
 template <class IO>
-void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const, int64_t b, int64_t c0, int64_t n_lanes, const bool* ready, int64_t t0,
-                     int64_t t1, const math::ForwardSum<math::VecF, math::VecD>* enter_left,
+void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const, int64_t b, int64_t c0, int64_t n_lanes,
+                     const bool* ready, int64_t t0, int64_t t1, const math::ForwardSum<math::VecF, math::VecD>* enter_left,
                      const math::ForwardSum<math::VecF, math::VecD>* enter_right, bool large_output) {
   using math::VecF;
   using Sum = math::ForwardSum<VecF, math::VecD>;
