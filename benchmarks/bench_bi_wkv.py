@@ -4,10 +4,11 @@
 
 For B=8, C=384 and T in {256, 1024, 4096} it prints the kernel time (y only: the inference path
 used by ONNX Runtime, the engines and `bi_wkv` without gradients; and the PyTorch training op,
-which also writes the log-sum-exp that its backward needs), the time of the quadratic reference formula in float32, the kernel's achieved
-bandwidth counting k and v read once and y written once, and the machine's copy bandwidth
-(a large tensor copy, bytes read plus bytes written). The copy is measured again next to every
-kernel measurement, since on a shared machine the bandwidth available drifts over a run.
+which also writes the log-sum-exp that its backward needs), the time of the quadratic reference
+formula in float32, the kernel's achieved bandwidth counting k and v read once and y written
+once, and the machine's copy bandwidth (a large tensor copy, bytes read plus bytes written). The
+copy is measured again next to every kernel measurement, since on a shared machine the bandwidth
+available drifts over a run.
 """
 import argparse
 import time

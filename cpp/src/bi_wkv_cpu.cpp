@@ -55,7 +55,7 @@ int64_t forward_block(int64_t B, int64_t C, int threads, int64_t width) {
 // written around the caches.
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
-// float32 and float16 run 4 channels per SIMD lane; float64 (for exact checks) one channel per lane.
+// float32 and float16 run 8 channels per SIMD lane; float64 (for exact checks) one channel per lane.
 // Long sums accumulate in double: float32 results stay exact to a few ulps for any T.
 template <class IO> struct CalcOf { using elem = float; using calc = math::VecF; using acc = math::VecD; };
 template <> struct CalcOf<double> { using elem = double; using calc = double; using acc = double; };
