@@ -237,12 +237,13 @@ ChunkLaneConst chunk_lane_const(math::VecF w, math::VecF u) {
 
 // The forward of a task's lanes over [t0, t1) in chunks of math::kChunk tokens (see
 // math::chunk_frame), for the lanes whose w and u allow it. Pass 1 walks the chunks left to right
-// and keeps the left sum entering each; pass 2 walks them right to left and writes the outputs.
-// Pass 2 thus starts where pass 1 ended, on rows still in cache.
-// Each chunk's rows are first copied, in address order, into lane-major tiles that stay in cache;
-// the lanes are then done in turn from the tiles, and the outputs copied back row by row. Memory
-// is thus only ever walked along rows, and in ascending order within a chunk, which the hardware
-// prefetchers follow best; walking each lane down the rows (1.5 KB apart for C=384) left them behind.
+// and keeps the left sum entering each; pass 2 walks them right to left and writes the outputs,
+// starting where pass 1 ended, on rows still in cache.
+// A chunk is computed one lane at a time, straight from the tensors: lane j reads 32 bytes of
+// each row. That walk down the rows is one the hardware prefetchers do not follow, so each lane
+// prefetches, one line per token, its share of the rows the next chunk will read; the memory
+// traffic then overlaps the arithmetic. The outputs go through a tile in cache
+// (tile[j * kTileStride + i]: lane j at the chunk's token i) and are written back row by row.
 template <class IO>
 void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const, int64_t b, int64_t c0, int64_t n_lanes,
                      const bool* ready, int64_t t0, int64_t t1, const math::ForwardSum<math::VecF, math::VecD>* enter_left,
@@ -252,6 +253,9 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
   using Kept = math::ForwardSum<VecF, VecF>;
   using LaneIO = LaneIO<VecF>;
   constexpr int64_t L = math::kChunk, W = math::Lane<VecF>::kWidth;
+  // A lane's tile is one vector longer than a chunk, so that the lanes' tiles do not all fall in
+  // the same cache sets.
+  constexpr int64_t kTileStride = L + 1;
   const int64_t n_chunks = (t1 - t0 + L - 1) / L, C = op.C;
   const int last_width = op.lanes(c0 + (n_lanes - 1) * W);
   thread_local std::vector<Sum> sums;
@@ -261,29 +265,59 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
   sums.resize(n_lanes);
   if (left_at.size() < size_t(n_chunks * n_lanes)) left_at.resize(n_chunks * n_lanes);
   VecF* chunk_max = chunk_max_buffer.reserve(n_chunks * n_lanes);
-  // Tiles of k, v, y and lse: tile[j * L + i] holds lane j at the chunk's token i.
-  VecF* tiles = tile_buffer.reserve(4 * L * n_lanes);
-  VecF *tile_k = tiles, *tile_v = tiles + L * n_lanes, *tile_y = tiles + 2 * L * n_lanes, *tile_lse = tiles + 3 * L * n_lanes;
+  VecF* tile_y = tile_buffer.reserve(2 * kTileStride * n_lanes);
+  VecF* tile_lse = tile_y + kTileStride * n_lanes;
   auto pos = [](int64_t t) { return math::splat<VecF>(float(t)); };
   // Offset of row t of the block; rows are C apart. Every lane is full but possibly the last.
   auto row = [&](int64_t t) { return (b * op.T + t) * C + c0; };
   const int64_t full_lanes = last_width == W ? n_lanes : n_lanes - 1;
-  // Rows [first, first + n) into the k and v tiles.
-  auto gather = [&](int64_t first, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) {
-      const IO *k = &op.k_[row(first + i)], *v = &op.v_[row(first + i)];
-      VecF *tk = &tile_k[i], *tv = &tile_v[i];
-      #pragma GCC unroll 4
-      for (int64_t j = 0; j < full_lanes; ++j) {
-        tk[j * L] = LaneIO::load(k + j * W, 0, W);
-        tv[j * L] = LaneIO::load(v + j * W, 0, W);
-      }
-      if (full_lanes < n_lanes) {
-        tk[full_lanes * L] = LaneIO::load(k + full_lanes * W, 0, last_width);
-        tv[full_lanes * L] = LaneIO::load(v + full_lanes * W, 0, last_width);
-      }
+  auto chunk_rows = [&](int64_t ch, int64_t* first, int64_t* n) {
+    *first = t0 + ch * L;
+    *n = std::min(t1, *first + L) - *first;
+  };
+
+  // Lane j of a chunk as float32 vectors `stride` floats apart: the tensor itself, or a copy in
+  // `buffer` for a partial lane or other input types.
+  struct LaneView {
+    const float* p;
+    int64_t stride;
+    VecF at(int64_t i) const {
+      VecF x;
+      std::memcpy(&x, p + i * stride, sizeof x);
+      return x;
     }
   };
+  auto lane_view = [&](const IO* src, int64_t first, int64_t n, int64_t j, VecF* buffer) {
+    if constexpr (std::is_same_v<IO, float>) {
+      if (j < full_lanes) return LaneView{src + row(first) + j * W, C};
+    }
+    for (int64_t i = 0; i < n; ++i) buffer[i] = LaneIO::load(src + row(first + i) + j * W, 0, j < full_lanes ? int(W) : last_width);
+    return LaneView{reinterpret_cast<const float*>(buffer), W};
+  };
+
+  // What lane j prefetches at token i: the line at `line + i * stride`, a share of the rows the
+  // walk reads next (even lanes take k, odd lanes v). A task of whole rows reads one block of
+  // memory per chunk, prefetched in address order, L lines per lane; a narrower block takes line
+  // j / 2 of every row. Lanes with nothing to prefetch touch a line they have just read (stride 0).
+  struct LanePrefetch {
+    const char* line;
+    int64_t stride;
+  };
+  const bool whole_rows = c0 == 0 && n_lanes * W >= C;
+  auto lane_prefetch = [&](int64_t next_ch, int64_t j, const LaneView& own) {
+    const LanePrefetch none{reinterpret_cast<const char*>(own.p), 0};
+    if (next_ch < 0 || next_ch >= n_chunks) return none;
+    int64_t first, n;
+    chunk_rows(next_ch, &first, &n);
+    const char* start = reinterpret_cast<const char*>((j % 2 ? op.v_ : op.k_) + row(first));
+    const int64_t row_bytes = C * int64_t(sizeof(IO));
+    if (whole_rows) {
+      const int64_t offset = (j / 2) * L * 64;
+      return offset < n * row_bytes ? LanePrefetch{start + offset, 64} : none;
+    }
+    return (j / 2) * 64 < n_lanes * W * int64_t(sizeof(IO)) ? LanePrefetch{start + (j / 2) * 64, row_bytes} : none;
+  };
+
   // The chunked lanes' outputs from a tile back to rows [first, first + n). Large float32 outputs
   // bypass the caches (rows of full lanes are then written whole, line after line).
   auto scatter = [&](const VecF* tile, auto* out, int64_t first, int64_t n) {
@@ -296,32 +330,38 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
         if (!ready[j]) continue;
         if constexpr (std::is_same_v<Out, float>) {
           if (stream) {
-            math::stream_store(o + j * W, tile[j * L + i]);
+            math::stream_store(o + j * W, tile[j * kTileStride + i]);
             continue;
           }
         }
-        LaneIO::store(o + j * W, 0, tile[j * L + i], W);
+        LaneIO::store(o + j * W, 0, tile[j * kTileStride + i], W);
       }
-      if (full_lanes < n_lanes && ready[full_lanes]) LaneIO::store(o + full_lanes * W, 0, tile[full_lanes * L + i], last_width);
+      if (full_lanes < n_lanes && ready[full_lanes])
+        LaneIO::store(o + full_lanes * W, 0, tile[full_lanes * kTileStride + i], last_width);
     }
   };
 
+  VecF k_buffer[L], v_buffer[L];
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_left[j];
   for (int64_t ch = 0; ch < n_chunks; ++ch) {
-    const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
-    gather(first, n);
+    int64_t first, n;
+    chunk_rows(ch, &first, &n);
+    // After the last chunk comes pass 2's second one (its first is this one, in cache).
+    const int64_t next_ch = ch + 1 < n_chunks ? ch + 1 : n_chunks - 2;
     for (int64_t j = 0; j < n_lanes; ++j) {
       if (!ready[j]) continue;
       const ChunkLaneConst& lc = lane_const[j];
-      const VecF *k = &tile_k[j * L], *v = &tile_v[j * L];
+      const LaneView k = lane_view(op.k_, first, n, j, k_buffer), v = lane_view(op.v_, first, n, j, v_buffer);
+      const LanePrefetch pf = lane_prefetch(next_ch, j, k);
       left_at[ch * n_lanes + j] = math::narrow(sums[j]);
-      VecF M = k[0], P[2] = {};
+      VecF M = k.at(0), P[2] = {};
       #pragma GCC unroll 8
-      for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k[i]);
+      for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k.at(i));
       #pragma GCC unroll 8
       for (int64_t i = 0; i < n; ++i) {
-        const VecF e = math::lane_exp_nonpositive(k[i] - M);
-        P[0] = P[0] * lc.r + e * v[i];
+        __builtin_prefetch(pf.line + i * pf.stride);
+        const VecF e = math::lane_exp_nonpositive(k.at(i) - M);
+        P[0] = P[0] * lc.r + e * v.at(i);
         P[1] = P[1] * lc.r + e;
       }
       chunk_max[ch * n_lanes + j] = M;
@@ -331,13 +371,14 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
 
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
   for (int64_t ch = n_chunks - 1; ch >= 0; --ch) {
-    const int64_t first = t0 + ch * L, n = std::min(t1, first + L) - first;
-    if (ch < n_chunks - 1) gather(first, n);  // the last chunk's tiles are still filled from pass 1
+    int64_t first, n;
+    chunk_rows(ch, &first, &n);
     for (int64_t j = 0; j < n_lanes; ++j) {
       if (!ready[j]) continue;
       const ChunkLaneConst& lc = lane_const[j];
-      const VecF *k = &tile_k[j * L], *v = &tile_v[j * L];
-      VecF *y = &tile_y[j * L], *lse = &tile_lse[j * L];
+      const LaneView k = lane_view(op.k_, first, n, j, k_buffer), v = lane_view(op.v_, first, n, j, v_buffer);
+      const LanePrefetch pf = lane_prefetch(ch - 1, j, k);
+      VecF *y = &tile_y[j * kTileStride], *lse = &tile_lse[j * kTileStride];
       const VecF M = chunk_max[ch * n_lanes + j];
       // Each token's weight and the chunk's sum right of it, then left to right with the sum left of it.
       const math::ChunkFrame<VecF> frame = math::chunk_frame(left_at[ch * n_lanes + j], math::narrow(sums[j]), M,
@@ -345,18 +386,19 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
       VecF e[L], S[L][2], acc[2] = {};
       #pragma GCC unroll 8
       for (int64_t i = n - 1; i >= 0; --i) {
+        __builtin_prefetch(pf.line + (n - 1 - i) * pf.stride);
         S[i][0] = acc[0], S[i][1] = acc[1];
-        e[i] = math::lane_exp_nonpositive(k[i] - M);
-        acc[0] = acc[0] * lc.r + e[i] * v[i];
+        e[i] = math::lane_exp_nonpositive(k.at(i) - M);
+        acc[0] = acc[0] * lc.r + e[i] * v.at(i);
         acc[1] = acc[1] * lc.r + e[i];
       }
       sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(acc[0], acc[1], M, pos(first)), lc.w);
       acc[0] = acc[1] = VecF{};
       #pragma GCC unroll 8
       for (int64_t i = 0; i < n; ++i) {
-        y[i] = math::chunk_output(frame, lc.decay[i], lc.decay[n - 1 - i], acc, S[i], lc.self_scale * e[i], v[i],
+        y[i] = math::chunk_output(frame, lc.decay[i], lc.decay[n - 1 - i], acc, S[i], lc.self_scale * e[i], v.at(i),
                                   op.lse_ ? &lse[i] : nullptr);
-        acc[0] = acc[0] * lc.r + e[i] * v[i];
+        acc[0] = acc[0] * lc.r + e[i] * v.at(i);
         acc[1] = acc[1] * lc.r + e[i];
       }
     }
