@@ -341,67 +341,74 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
     }
   };
 
+  // The walks over one lane of a chunk, rows [first, first + n).
   VecF k_buffer[L], v_buffer[L];
+  auto pass1_lane = [&](int64_t j, int64_t ch, int64_t first, int64_t n, int64_t next_ch) {
+    const ChunkLaneConst& lc = lane_const[j];
+    const LaneView k = lane_view(op.k_, first, n, j, k_buffer), v = lane_view(op.v_, first, n, j, v_buffer);
+    const LanePrefetch pf = lane_prefetch(next_ch, j, k);
+    left_at[ch * n_lanes + j] = math::narrow(sums[j]);
+    VecF M = k.at(0), P[2] = {};
+    #pragma GCC unroll 8
+    for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k.at(i));
+    #pragma GCC unroll 8
+    for (int64_t i = 0; i < n; ++i) {
+      __builtin_prefetch(pf.line + i * pf.stride);
+      const VecF e = math::lane_exp_nonpositive(k.at(i) - M);
+      P[0] = P[0] * lc.r + e * v.at(i);
+      P[1] = P[1] * lc.r + e;
+    }
+    chunk_max[ch * n_lanes + j] = M;
+    sums[j].template merge<kLeft>(math::chunk_sum<VecF, math::VecD>(P[0], P[1], M, pos(first + n - 1)), lc.w);
+  };
+  auto pass2_lane = [&](int64_t j, int64_t ch, int64_t first, int64_t n) {
+    const ChunkLaneConst& lc = lane_const[j];
+    const LaneView k = lane_view(op.k_, first, n, j, k_buffer), v = lane_view(op.v_, first, n, j, v_buffer);
+    const LanePrefetch pf = lane_prefetch(ch - 1, j, k);
+    const VecF M = chunk_max[ch * n_lanes + j];
+    const math::ChunkFrame<VecF> frame = math::chunk_frame(left_at[ch * n_lanes + j], math::narrow(sums[j]), M,
+                                                           pos(first), pos(first + n), lc.w);
+    // Right to left: each token's weight e, its weighted value ev, and R, the part of its totals
+    // from itself and its right; the chunk's own sum joins the running right sum.
+    VecF e[L], ev[L], R[L][2], acc[2] = {};
+    #pragma GCC unroll 8
+    for (int64_t i = n - 1; i >= 0; --i) {
+      __builtin_prefetch(pf.line + (n - 1 - i) * pf.stride);
+      e[i] = math::lane_exp_nonpositive(k.at(i) - M);
+      ev[i] = e[i] * v.at(i);
+      math::chunk_right_part(frame, lc.decay[n - 1 - i], acc, lc.self_scale * e[i], v.at(i), R[i]);
+      acc[0] = acc[0] * lc.r + ev[i];
+      acc[1] = acc[1] * lc.r + e[i];
+    }
+    sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(acc[0], acc[1], M, pos(first)), lc.w);
+    // Left to right: the outputs, from R and the chunk's sums left of each token.
+    auto outputs = [&](auto with_lse) {
+      VecF *y = &tile_y[j * kTileStride], *lse = &tile_lse[j * kTileStride], P[2] = {};
+      #pragma GCC unroll 8
+      for (int64_t i = 0; i < n; ++i) {
+        y[i] = math::chunk_output(frame, lc.decay[i], P, R[i], with_lse ? &lse[i] : nullptr);
+        P[0] = P[0] * lc.r + ev[i];
+        P[1] = P[1] * lc.r + e[i];
+      }
+    };
+    if (op.lse_) outputs(std::true_type{});
+    else outputs(std::false_type{});
+  };
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_left[j];
   for (int64_t ch = 0; ch < n_chunks; ++ch) {
     int64_t first, n;
     chunk_rows(ch, &first, &n);
     // After the last chunk comes pass 2's second one (its first is this one, in cache).
     const int64_t next_ch = ch + 1 < n_chunks ? ch + 1 : n_chunks - 2;
-    for (int64_t j = 0; j < n_lanes; ++j) {
-      if (!ready[j]) continue;
-      const ChunkLaneConst& lc = lane_const[j];
-      const LaneView k = lane_view(op.k_, first, n, j, k_buffer), v = lane_view(op.v_, first, n, j, v_buffer);
-      const LanePrefetch pf = lane_prefetch(next_ch, j, k);
-      left_at[ch * n_lanes + j] = math::narrow(sums[j]);
-      VecF M = k.at(0), P[2] = {};
-      #pragma GCC unroll 8
-      for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k.at(i));
-      #pragma GCC unroll 8
-      for (int64_t i = 0; i < n; ++i) {
-        __builtin_prefetch(pf.line + i * pf.stride);
-        const VecF e = math::lane_exp_nonpositive(k.at(i) - M);
-        P[0] = P[0] * lc.r + e * v.at(i);
-        P[1] = P[1] * lc.r + e;
-      }
-      chunk_max[ch * n_lanes + j] = M;
-      sums[j].template merge<kLeft>(math::chunk_sum<VecF, math::VecD>(P[0], P[1], M, pos(first + n - 1)), lc.w);
-    }
+    for (int64_t j = 0; j < n_lanes; ++j)
+      if (ready[j]) pass1_lane(j, ch, first, n, next_ch);
   }
-
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
   for (int64_t ch = n_chunks - 1; ch >= 0; --ch) {
     int64_t first, n;
     chunk_rows(ch, &first, &n);
-    for (int64_t j = 0; j < n_lanes; ++j) {
-      if (!ready[j]) continue;
-      const ChunkLaneConst& lc = lane_const[j];
-      const LaneView k = lane_view(op.k_, first, n, j, k_buffer), v = lane_view(op.v_, first, n, j, v_buffer);
-      const LanePrefetch pf = lane_prefetch(ch - 1, j, k);
-      VecF *y = &tile_y[j * kTileStride], *lse = &tile_lse[j * kTileStride];
-      const VecF M = chunk_max[ch * n_lanes + j];
-      // Each token's weight and the chunk's sum right of it, then left to right with the sum left of it.
-      const math::ChunkFrame<VecF> frame = math::chunk_frame(left_at[ch * n_lanes + j], math::narrow(sums[j]), M,
-                                                             pos(first), pos(first + n), lc.w);
-      VecF e[L], S[L][2], acc[2] = {};
-      #pragma GCC unroll 8
-      for (int64_t i = n - 1; i >= 0; --i) {
-        __builtin_prefetch(pf.line + (n - 1 - i) * pf.stride);
-        S[i][0] = acc[0], S[i][1] = acc[1];
-        e[i] = math::lane_exp_nonpositive(k.at(i) - M);
-        acc[0] = acc[0] * lc.r + e[i] * v.at(i);
-        acc[1] = acc[1] * lc.r + e[i];
-      }
-      sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(acc[0], acc[1], M, pos(first)), lc.w);
-      acc[0] = acc[1] = VecF{};
-      #pragma GCC unroll 8
-      for (int64_t i = 0; i < n; ++i) {
-        y[i] = math::chunk_output(frame, lc.decay[i], lc.decay[n - 1 - i], acc, S[i], lc.self_scale * e[i], v.at(i),
-                                  op.lse_ ? &lse[i] : nullptr);
-        acc[0] = acc[0] * lc.r + e[i] * v.at(i);
-        acc[1] = acc[1] * lc.r + e[i];
-      }
-    }
+    for (int64_t j = 0; j < n_lanes; ++j)
+      if (ready[j]) pass2_lane(j, ch, first, n);
     scatter(tile_y, op.y_, first, n);
     if (op.lse_) scatter(tile_lse, op.lse_, first, n);
   }

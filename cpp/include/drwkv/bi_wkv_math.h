@@ -258,13 +258,22 @@ DRWKV_HD ForwardSum<Calc, Acc> chunk_sum(Calc sum_v, Calc sum_1, Calc M, Calc po
   return s;
 }
 
-// y_t (and its log-sum-exp when lse is not null) inside a chunk; decay_left = exp(-(t - c0) w),
-// decay_right = exp(-(c1 - 1 - t) w), self = exp(u) e_t.
+// Inside a chunk, the totals at t split into a part from t and its right, R_t, found on the walk
+// right to left, and a part from its left, added on the walk left to right:
+//   R_t = own * (S_t + self_t (v_t, 1)) + decay_right * right,   total_t = R_t + own * P_t + decay_left * left
+// with decay_left = exp(-(t - c0) w), decay_right = exp(-(c1 - 1 - t) w), self_t = exp(u) e_t.
 template <class Calc>
-DRWKV_HD Calc chunk_output(const ChunkFrame<Calc>& f, Calc decay_left, Calc decay_right, const Calc P[2],
-                           const Calc S[2], Calc self, Calc v, Calc* lse) {
-  const Calc num = f.own * (P[0] + S[0] + self * v) + decay_left * f.left[0] + decay_right * f.right[0];
-  const Calc den = f.own * (P[1] + S[1] + self) + decay_left * f.left[1] + decay_right * f.right[1];
+DRWKV_HD void chunk_right_part(const ChunkFrame<Calc>& f, Calc decay_right, const Calc S[2], Calc self, Calc v,
+                               Calc R[2]) {
+  R[0] = f.own * (S[0] + self * v) + decay_right * f.right[0];
+  R[1] = f.own * (S[1] + self) + decay_right * f.right[1];
+}
+
+// y_t (and its log-sum-exp when lse is not null) from R_t and the chunk's own sums P_t left of t.
+template <class Calc>
+DRWKV_HD Calc chunk_output(const ChunkFrame<Calc>& f, Calc decay_left, const Calc P[2], const Calc R[2], Calc* lse) {
+  const Calc num = f.own * P[0] + (decay_left * f.left[0] + R[0]);
+  const Calc den = f.own * P[1] + (decay_left * f.left[1] + R[1]);
   if (lse) *lse = f.ref + lane_log(den);
   return num / den;
 }
