@@ -51,6 +51,10 @@ int64_t forward_block(int64_t B, int64_t C, int threads, int64_t width) {
   return std::max(kMinForwardBlock, block);
 }
 
+// Token weights the chunked forward keeps from its first walk for its second, per thread, when they
+// fit in this many bytes: within what the caches hold next to the rows being read.
+constexpr int64_t kKeptWeightBytes = int64_t(2) << 20;
+
 // Forward outputs of at least this many bytes, beyond what the caches of a few cores hold, are
 // written around the caches.
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
@@ -261,10 +265,14 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
   thread_local std::vector<Sum> sums;
   // [chunk][lane]: the left sum entering each chunk, and the chunk's largest key
   thread_local std::vector<Kept> left_at;
-  thread_local SimdBuffer<VecF> chunk_max_buffer, tile_buffer;
+  thread_local SimdBuffer<VecF> chunk_max_buffer, weight_buffer, tile_buffer;
   sums.resize(n_lanes);
   if (left_at.size() < size_t(n_chunks * n_lanes)) left_at.resize(n_chunks * n_lanes);
   VecF* chunk_max = chunk_max_buffer.reserve(n_chunks * n_lanes);
+  // Each token's weight exp(k - M), [chunk][lane][token]: pass 1 computes them and, when they
+  // fit in cache, keeps them for pass 2, which then reads neither k nor computes an exp.
+  const bool keep_weights = n_chunks * n_lanes * L * int64_t(sizeof(VecF)) <= kKeptWeightBytes;
+  VecF* weights = weight_buffer.reserve(keep_weights ? n_chunks * n_lanes * L : L);
   VecF* tile_y = tile_buffer.reserve(2 * kTileStride * n_lanes);
   VecF* tile_lse = tile_y + kTileStride * n_lanes;
   auto pos = [](int64_t t) { return math::splat<VecF>(float(t)); };
@@ -295,27 +303,28 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
     return LaneView{reinterpret_cast<const float*>(buffer), W};
   };
 
-  // What lane j prefetches at token i: the line at `line + i * stride`, a share of the rows the
-  // walk reads next (even lanes take k, odd lanes v). A task of whole rows reads one block of
-  // memory per chunk, prefetched in address order, L lines per lane; a narrower block takes line
-  // j / 2 of every row. Lanes with nothing to prefetch touch a line they have just read (stride 0).
+  // What lane j prefetches at token i: the line at `line + i * stride`, a share of the rows of
+  // `tensors` (k and v, or v alone) the walk reads next; lane j takes tensor j % n_tensors. A task
+  // of whole rows reads one block of memory per chunk and tensor, prefetched in address order, L
+  // lines per lane; a narrower block takes one line of every row. Lanes with nothing to prefetch
+  // touch a line they have just read (stride 0).
   struct LanePrefetch {
     const char* line;
     int64_t stride;
   };
   const bool whole_rows = c0 == 0 && n_lanes * W >= C;
-  auto lane_prefetch = [&](int64_t next_ch, int64_t j, const LaneView& own) {
-    const LanePrefetch none{reinterpret_cast<const char*>(own.p), 0};
+  auto lane_prefetch = [&](int64_t next_ch, int64_t j, const IO* const* tensors, int64_t n_tensors, const float* own) {
+    const LanePrefetch none{reinterpret_cast<const char*>(own), 0};
     if (next_ch < 0 || next_ch >= n_chunks) return none;
     int64_t first, n;
     chunk_rows(next_ch, &first, &n);
-    const char* start = reinterpret_cast<const char*>((j % 2 ? op.v_ : op.k_) + row(first));
-    const int64_t row_bytes = C * int64_t(sizeof(IO));
+    const char* start = reinterpret_cast<const char*>(tensors[j % n_tensors] + row(first));
+    const int64_t share = j / n_tensors, row_bytes = C * int64_t(sizeof(IO));
     if (whole_rows) {
-      const int64_t offset = (j / 2) * L * 64;
+      const int64_t offset = share * L * 64;
       return offset < n * row_bytes ? LanePrefetch{start + offset, 64} : none;
     }
-    return (j / 2) * 64 < n_lanes * W * int64_t(sizeof(IO)) ? LanePrefetch{start + (j / 2) * 64, row_bytes} : none;
+    return share * 64 < n_lanes * W * int64_t(sizeof(IO)) ? LanePrefetch{start + share * 64, row_bytes} : none;
   };
 
   // The chunked lanes' outputs from a tile back to rows [first, first + n). Large float32 outputs
@@ -343,43 +352,58 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
 
   // The walks over one lane of a chunk, rows [first, first + n).
   VecF k_buffer[L], v_buffer[L];
+  const IO* const pass1_reads[2] = {op.k_, op.v_};
   auto pass1_lane = [&](int64_t j, int64_t ch, int64_t first, int64_t n, int64_t next_ch) {
     const ChunkLaneConst& lc = lane_const[j];
     const LaneView k = lane_view(op.k_, first, n, j, k_buffer), v = lane_view(op.v_, first, n, j, v_buffer);
-    const LanePrefetch pf = lane_prefetch(next_ch, j, k);
+    const bool pass2_next = keep_weights && ch == n_chunks - 1;  // pass 2 reads v alone
+    const LanePrefetch pf = lane_prefetch(next_ch, j, pass2_next ? &op.v_ : pass1_reads, pass2_next ? 1 : 2, k.p);
     left_at[ch * n_lanes + j] = math::narrow(sums[j]);
     VecF M = k.at(0), P[2] = {};
     #pragma GCC unroll 8
     for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k.at(i));
-    #pragma GCC unroll 8
-    for (int64_t i = 0; i < n; ++i) {
-      __builtin_prefetch(pf.line + i * pf.stride);
-      const VecF e = math::lane_exp_nonpositive(k.at(i) - M);
-      P[0] = P[0] * lc.r + e * v.at(i);
-      P[1] = P[1] * lc.r + e;
-    }
+    auto left_to_right = [&](auto keep) {
+      VecF* kept = &weights[(ch * n_lanes + j) * L];
+      #pragma GCC unroll 8
+      for (int64_t i = 0; i < n; ++i) {
+        __builtin_prefetch(pf.line + i * pf.stride);
+        const VecF e = math::lane_exp_nonpositive(k.at(i) - M);
+        if (keep) kept[i] = e;
+        P[0] = P[0] * lc.r + e * v.at(i);
+        P[1] = P[1] * lc.r + e;
+      }
+    };
+    if (keep_weights) left_to_right(std::true_type{});
+    else left_to_right(std::false_type{});
     chunk_max[ch * n_lanes + j] = M;
     sums[j].template merge<kLeft>(math::chunk_sum<VecF, math::VecD>(P[0], P[1], M, pos(first + n - 1)), lc.w);
   };
   auto pass2_lane = [&](int64_t j, int64_t ch, int64_t first, int64_t n) {
     const ChunkLaneConst& lc = lane_const[j];
-    const LaneView k = lane_view(op.k_, first, n, j, k_buffer), v = lane_view(op.v_, first, n, j, v_buffer);
-    const LanePrefetch pf = lane_prefetch(ch - 1, j, k);
+    const LaneView v = lane_view(op.v_, first, n, j, v_buffer);
+    const LaneView k = keep_weights ? v : lane_view(op.k_, first, n, j, k_buffer);  // k only for the weights
+    const LanePrefetch pf = keep_weights ? lane_prefetch(ch - 1, j, &op.v_, 1, v.p)
+                                         : lane_prefetch(ch - 1, j, pass1_reads, 2, k.p);
     const VecF M = chunk_max[ch * n_lanes + j];
+    VecF* e = keep_weights ? &weights[(ch * n_lanes + j) * L] : weights;
     const math::ChunkFrame<VecF> frame = math::chunk_frame(left_at[ch * n_lanes + j], math::narrow(sums[j]), M,
                                                            pos(first), pos(first + n), lc.w);
-    // Right to left: each token's weight e, its weighted value ev, and R, the part of its totals
-    // from itself and its right; the chunk's own sum joins the running right sum.
-    VecF e[L], ev[L], R[L][2], acc[2] = {};
-    #pragma GCC unroll 8
-    for (int64_t i = n - 1; i >= 0; --i) {
-      __builtin_prefetch(pf.line + (n - 1 - i) * pf.stride);
-      e[i] = math::lane_exp_nonpositive(k.at(i) - M);
-      ev[i] = e[i] * v.at(i);
-      math::chunk_right_part(frame, lc.decay[n - 1 - i], acc, lc.self_scale * e[i], v.at(i), R[i]);
-      acc[0] = acc[0] * lc.r + ev[i];
-      acc[1] = acc[1] * lc.r + e[i];
-    }
+    // Right to left: each token's weight e (unless kept), its weighted value ev, and R, the part
+    // of its totals from itself and its right; the chunk's own sum joins the running right sum.
+    VecF ev[L], R[L][2], acc[2] = {};
+    auto right_to_left = [&](auto weights_kept) {
+      #pragma GCC unroll 8
+      for (int64_t i = n - 1; i >= 0; --i) {
+        __builtin_prefetch(pf.line + (n - 1 - i) * pf.stride);
+        if (!weights_kept) e[i] = math::lane_exp_nonpositive(k.at(i) - M);
+        ev[i] = e[i] * v.at(i);
+        math::chunk_right_part(frame, lc.decay[n - 1 - i], acc, lc.self_scale * e[i], v.at(i), R[i]);
+        acc[0] = acc[0] * lc.r + ev[i];
+        acc[1] = acc[1] * lc.r + e[i];
+      }
+    };
+    if (keep_weights) right_to_left(std::true_type{});
+    else right_to_left(std::false_type{});
     sums[j].template merge<kRight>(math::chunk_sum<VecF, math::VecD>(acc[0], acc[1], M, pos(first)), lc.w);
     // Left to right: the outputs, from R and the chunk's sums left of each token.
     auto outputs = [&](auto with_lse) {
