@@ -246,7 +246,8 @@ ChunkLaneConst chunk_lane_const(math::VecF w, math::VecF u) {
 // A chunk is computed one lane at a time, straight from the tensors: lane j reads 32 bytes of
 // each row. That walk down the rows is one the hardware prefetchers do not follow, so each lane
 // prefetches, one line per token, its share of the rows the next chunk will read; the memory
-// traffic then overlaps the arithmetic. The outputs go through a tile in cache
+// traffic then overlaps the arithmetic (prefetches issued in bursts did not). Pass 2 starts from
+// the token weights pass 1 kept, when they fit in cache. The outputs go through a tile in cache
 // (tile[j * kTileStride + i]: lane j at the chunk's token i) and are written back row by row.
 template <class IO>
 void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const, int64_t b, int64_t c0, int64_t n_lanes,
@@ -363,7 +364,7 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
     #pragma GCC unroll 8
     for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k.at(i));
     auto left_to_right = [&](auto keep) {
-      VecF* kept = &weights[(ch * n_lanes + j) * L];
+      VecF* kept = keep ? &weights[(ch * n_lanes + j) * L] : nullptr;
       #pragma GCC unroll 8
       for (int64_t i = 0; i < n; ++i) {
         __builtin_prefetch(pf.line + i * pf.stride);

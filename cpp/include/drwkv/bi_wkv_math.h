@@ -195,8 +195,9 @@ DRWKV_HD void forward_output(const ForwardSum<Calc, Acc>& left, const ForwardSum
 // each token's weight e_i = exp(k_i - M) is computed once, and the chunk's sums on either side of
 // t are geometric in r = exp(-w), so Horner's rule accumulates them with no further exp. The sums
 // entering the chunk from the left and right are anchored sums as above; a chunk's own sum joins
-// them once per chunk. That is 2 exp per token (one per pass) instead of 5, and the float32
-// sums inside a chunk never hold more than kChunk terms.
+// them once per chunk. That is one exp per token and pass (or one in all, where a kernel keeps
+// the weights between its passes) instead of 5, and the float32 sums inside a chunk never hold
+// more than kChunk terms.
 //
 // The bounds make every quantity inside a chunk finite and every weight lost to underflow
 // negligible: all of a chunk's tokens, including the one with key M, are seen from every t of
@@ -217,7 +218,8 @@ DRWKV_HD auto chunk_ready(Calc w, Calc u) {
 // tokens (reference logit M) and the right sum entering it, scaled relative to the largest of
 // the three so that nothing overflows. At token t = c0 + n, the total of (v, 1) is
 //   own * (P_t + exp(u) e_t (v_t, 1) + S_t) + exp(-n w) left + exp(-(c1-1-t) w) right
-// with P_t, S_t the chunk's own sums left and right of t, and its log-scale is `ref`.
+// with P_t, S_t the chunk's own sums left and right of t, and its log-scale is `ref`
+// (chunk_right_part and chunk_output below).
 template <class Calc>
 struct ChunkFrame {
   Calc own;       // weight of the chunk's own sums
