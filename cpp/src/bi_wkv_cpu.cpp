@@ -273,7 +273,7 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
   // Each token's weight exp(k - M), [chunk][lane][token]: pass 1 computes them and, when they
   // fit in cache, keeps them for pass 2, which then reads neither k nor computes an exp.
   const bool keep_weights = n_chunks * n_lanes * L * int64_t(sizeof(VecF)) <= kKeptWeightBytes;
-  VecF* weights = weight_buffer.reserve(keep_weights ? n_chunks * n_lanes * L : L);
+  VecF* weights = weight_buffer.reserve(keep_weights ? n_chunks * n_lanes * kTileStride : L);
   VecF* tile_y = tile_buffer.reserve(2 * kTileStride * n_lanes);
   VecF* tile_lse = tile_y + kTileStride * n_lanes;
   auto pos = [](int64_t t) { return math::splat<VecF>(float(t)); };
@@ -351,42 +351,58 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
     }
   };
 
-  // The walks over one lane of a chunk, rows [first, first + n).
-  VecF k_buffer[L], v_buffer[L];
-  const IO* const pass1_reads[2] = {op.k_, op.v_};
-  auto pass1_lane = [&](int64_t j, int64_t ch, int64_t first, int64_t n, int64_t next_ch) {
-    const ChunkLaneConst& lc = lane_const[j];
-    const LaneView k = lane_view(op.k_, first, n, j, k_buffer), v = lane_view(op.v_, first, n, j, v_buffer);
-    const bool pass2_next = keep_weights && ch == n_chunks - 1;  // pass 2 reads v alone
-    const LanePrefetch pf = lane_prefetch(next_ch, j, pass2_next ? &op.v_ : pass1_reads, pass2_next ? 1 : 2, k.p);
-    left_at[ch * n_lanes + j] = math::narrow(sums[j]);
-    VecF M = k.at(0), P[2] = {};
-    #pragma GCC unroll 8
-    for (int64_t i = 1; i < n; ++i) M = math::lane_max(M, k.at(i));
-    auto left_to_right = [&](auto keep) {
-      VecF* kept = keep ? &weights[(ch * n_lanes + j) * L] : nullptr;
-      #pragma GCC unroll 8
+  // Pass 1 goes along a chunk's rows, all lanes at a time, with the lanes' running values in
+  // small arrays: each row is then read whole, in address order, which the hardware prefetchers
+  // follow and overlap with the arithmetic. A first sweep finds each lane's largest key M.
+  thread_local SimdBuffer<VecF> lane_buffer;
+  VecF* lane_values = lane_buffer.reserve(4 * n_lanes);
+  VecF *lane_M = lane_values, *lane_P0 = lane_values + n_lanes, *lane_P1 = lane_values + 2 * n_lanes;
+  VecF* lane_r = lane_values + 3 * n_lanes;
+  for (int64_t j = 0; j < n_lanes; ++j) lane_r[j] = ready[j] ? lane_const[j].r : VecF{};
+  // `each_lane(fn)` calls fn(j, width) for every lane, the width a compile-time W for full lanes.
+  auto each_lane = [&](auto fn) {
+    for (int64_t j = 0; j < full_lanes; ++j) fn(j, std::integral_constant<int, int(W)>{});
+    if (full_lanes < n_lanes) fn(full_lanes, last_width);
+  };
+  auto pass1_chunk = [&](int64_t ch, int64_t first, int64_t n) {
+    const IO *k_rows = op.k_ + row(first), *v_rows = op.v_ + row(first);  // row i is C further on
+    for (int64_t j = 0; j < n_lanes; ++j) lane_M[j] = VecF{} - INFINITY, lane_P0[j] = lane_P1[j] = VecF{};
+    for (int64_t i = 0; i < n; ++i)
+      each_lane([&](int64_t j, auto width) { lane_M[j] = math::lane_max(lane_M[j], LaneIO::load(k_rows + i * C + j * W, 0, width)); });
+    auto sweep = [&](auto keep) {
+      VecF* kept = keep ? &weights[ch * n_lanes * kTileStride] : nullptr;
       for (int64_t i = 0; i < n; ++i) {
-        __builtin_prefetch(pf.line + i * pf.stride);
-        const VecF e = math::lane_exp_nonpositive(k.at(i) - M);
-        if (keep) kept[i] = e;
-        P[0] = P[0] * lc.r + e * v.at(i);
-        P[1] = P[1] * lc.r + e;
+        const IO *k = k_rows + i * C, *v = v_rows + i * C;
+        each_lane([&](int64_t j, auto width) {
+          const VecF e = math::lane_exp_nonpositive(LaneIO::load(k + j * W, 0, width) - lane_M[j]);
+          if (keep) kept[j * kTileStride + i] = e;
+          lane_P0[j] = lane_P0[j] * lane_r[j] + e * LaneIO::load(v + j * W, 0, width);
+          lane_P1[j] = lane_P1[j] * lane_r[j] + e;
+        });
       }
     };
-    if (keep_weights) left_to_right(std::true_type{});
-    else left_to_right(std::false_type{});
-    chunk_max[ch * n_lanes + j] = M;
-    sums[j].template merge<kLeft>(math::chunk_sum<VecF, math::VecD>(P[0], P[1], M, pos(first + n - 1)), lc.w);
+    if (keep_weights) sweep(std::true_type{});
+    else sweep(std::false_type{});
+    for (int64_t j = 0; j < n_lanes; ++j) {
+      if (!ready[j]) continue;
+      left_at[ch * n_lanes + j] = math::narrow(sums[j]);
+      chunk_max[ch * n_lanes + j] = lane_M[j];
+      sums[j].template merge<kLeft>(
+          math::chunk_sum<VecF, math::VecD>(lane_P0[j], lane_P1[j], lane_M[j], pos(first + n - 1)), lane_const[j].w);
+    }
   };
+
+  // Pass 2 goes lane by lane, rows [first, first + n) of a chunk.
+  VecF k_buffer[L], v_buffer[L];
+  const IO* const both_inputs[2] = {op.k_, op.v_};
   auto pass2_lane = [&](int64_t j, int64_t ch, int64_t first, int64_t n) {
     const ChunkLaneConst& lc = lane_const[j];
     const LaneView v = lane_view(op.v_, first, n, j, v_buffer);
     const LaneView k = keep_weights ? v : lane_view(op.k_, first, n, j, k_buffer);  // k only for the weights
     const LanePrefetch pf = keep_weights ? lane_prefetch(ch - 1, j, &op.v_, 1, v.p)
-                                         : lane_prefetch(ch - 1, j, pass1_reads, 2, k.p);
+                                         : lane_prefetch(ch - 1, j, both_inputs, 2, k.p);
     const VecF M = chunk_max[ch * n_lanes + j];
-    VecF* e = keep_weights ? &weights[(ch * n_lanes + j) * L] : weights;
+    VecF* e = keep_weights ? &weights[(ch * n_lanes + j) * kTileStride] : weights;
     const math::ChunkFrame<VecF> frame = math::chunk_frame(left_at[ch * n_lanes + j], math::narrow(sums[j]), M,
                                                            pos(first), pos(first + n), lc.w);
     // Right to left: each token's weight e (unless kept), its weighted value ev, and R, the part
@@ -423,10 +439,7 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
   for (int64_t ch = 0; ch < n_chunks; ++ch) {
     int64_t first, n;
     chunk_rows(ch, &first, &n);
-    // After the last chunk comes pass 2's second one (its first is this one, in cache).
-    const int64_t next_ch = ch + 1 < n_chunks ? ch + 1 : n_chunks - 2;
-    for (int64_t j = 0; j < n_lanes; ++j)
-      if (ready[j]) pass1_lane(j, ch, first, n, next_ch);
+    pass1_chunk(ch, first, n);
   }
   for (int64_t j = 0; j < n_lanes; ++j) sums[j] = enter_right[j];
   for (int64_t ch = n_chunks - 1; ch >= 0; --ch) {
