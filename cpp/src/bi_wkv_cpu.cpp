@@ -369,11 +369,18 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
     for (int64_t j = 0; j < n_lanes; ++j) lane_M[j] = VecF{} - INFINITY, lane_P0[j] = lane_P1[j] = VecF{};
     for (int64_t i = 0; i < n; ++i)
       each_lane([&](int64_t j, auto width) { lane_M[j] = math::lane_max(lane_M[j], LaneIO::load(k_rows + i * C + j * W, 0, width)); });
+    // The second sweep also prefetches the next chunk's rows, for the first sweep there.
+    int64_t next_first = first, next_n = 0;
+    if (ch + 1 < n_chunks) chunk_rows(ch + 1, &next_first, &next_n);
+    const IO *k_next = op.k_ + row(next_first), *v_next = op.v_ + row(next_first);
     auto sweep = [&](auto keep) {
       VecF* kept = keep ? &weights[ch * n_lanes * kTileStride] : nullptr;
       for (int64_t i = 0; i < n; ++i) {
         const IO *k = k_rows + i * C, *v = v_rows + i * C;
+        const int64_t ahead = i < next_n ? i * C : 0;  // rows past the next chunk's end: none
         each_lane([&](int64_t j, auto width) {
+          __builtin_prefetch(k_next + ahead + j * W);
+          __builtin_prefetch(v_next + ahead + j * W);
           const VecF e = math::lane_exp_nonpositive(LaneIO::load(k + j * W, 0, width) - lane_M[j]);
           if (keep) kept[j * kTileStride + i] = e;
           lane_P0[j] = lane_P0[j] * lane_r[j] + e * LaneIO::load(v + j * W, 0, width);
