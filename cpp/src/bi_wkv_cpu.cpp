@@ -243,12 +243,15 @@ ChunkLaneConst chunk_lane_const(math::VecF w, math::VecF u) {
 // math::chunk_frame), for the lanes whose w and u allow it. Pass 1 walks the chunks left to right
 // and keeps the left sum entering each; pass 2 walks them right to left and writes the outputs,
 // starting where pass 1 ended, on rows still in cache.
-// A chunk is computed one lane at a time, straight from the tensors: lane j reads 32 bytes of
-// each row. That walk down the rows is one the hardware prefetchers do not follow, so each lane
-// prefetches, one line per token, its share of the rows the next chunk will read; the memory
-// traffic then overlaps the arithmetic (prefetches issued in bursts did not). Pass 2 starts from
-// the token weights pass 1 kept, when they fit in cache. The outputs go through a tile in cache
-// (tile[j * kTileStride + i]: lane j at the chunk's token i) and are written back row by row.
+// Both passes read the tensors in place, with the memory traffic overlapping the arithmetic:
+//   * pass 1 goes along a chunk's rows, all lanes at a time, reading each row in address order
+//     (which the hardware prefetchers follow) and prefetching the next chunk's rows as it goes;
+//   * pass 2 needs a lane's tokens in turn, so it goes one lane at a time, down the rows (32
+//     bytes of each), a walk the prefetchers do not follow: each lane prefetches, one line per
+//     token, its share of the rows the next chunk will read (prefetches in bursts did not overlap).
+// Pass 2 starts from the token weights pass 1 kept, when they fit in cache. Its outputs go through
+// a tile in cache (tile[j * kTileStride + i]: lane j at the chunk's token i) and are written back
+// row by row.
 template <class IO>
 void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const, int64_t b, int64_t c0, int64_t n_lanes,
                      const bool* ready, int64_t t0, int64_t t1, const math::ForwardSum<math::VecF, math::VecD>* enter_left,
@@ -270,8 +273,9 @@ void chunked_forward(const CpuForward<IO>& op, const ChunkLaneConst* lane_const,
   sums.resize(n_lanes);
   if (left_at.size() < size_t(n_chunks * n_lanes)) left_at.resize(n_chunks * n_lanes);
   VecF* chunk_max = chunk_max_buffer.reserve(n_chunks * n_lanes);
-  // Each token's weight exp(k - M), [chunk][lane][token]: pass 1 computes them and, when they
-  // fit in cache, keeps them for pass 2, which then reads neither k nor computes an exp.
+  // Each token's weight exp(k - M), [chunk][lane][token] with lanes kTileStride apart: pass 1
+  // computes them and, when they fit in cache, keeps them for pass 2, which then reads neither k
+  // nor computes an exp.
   const bool keep_weights = n_chunks * n_lanes * L * int64_t(sizeof(VecF)) <= kKeptWeightBytes;
   VecF* weights = weight_buffer.reserve(keep_weights ? n_chunks * n_lanes * kTileStride : L);
   VecF* tile_y = tile_buffer.reserve(2 * kTileStride * n_lanes);
