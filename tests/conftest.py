@@ -1,0 +1,26 @@
+"""Shared test fixtures: a tiny random diffusers AutoencoderKL saved as a VAE folder."""
+import pytest
+
+
+def make_tiny_vae(folder, in_channels=3, latent_channels=4, downsample=4, scaling_factor=0.5, seed=0):
+    """A random AutoencoderKL of a few thousand parameters, saved in diffusers format; -> folder."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    blocks = downsample.bit_length()  # 2**(blocks - 1) == downsample
+    if 2 ** (blocks - 1) != downsample:
+        raise ValueError(f"downsample must be a power of two, got {downsample}")
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=in_channels, out_channels=in_channels, latent_channels=latent_channels,
+                        down_block_types=("DownEncoderBlock2D",) * blocks,
+                        up_block_types=("UpDecoderBlock2D",) * blocks,
+                        block_out_channels=(8,) * blocks, layers_per_block=1, norm_num_groups=4,
+                        scaling_factor=scaling_factor)
+    vae.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory):
+    """A tiny RGB VAE folder: 4x downsampling, 4 latent channels, scaling_factor 0.5."""
+    return make_tiny_vae(tmp_path_factory.mktemp("tiny_vae") / "vae")
