@@ -66,7 +66,7 @@ def sampling_table(ckpt, args):
         best = float("inf")
         for _ in range(args.repeats):
             start = time.perf_counter()
-            sample(denoiser, sampler, labels, np.random.default_rng(0), cfg_scale=args.cfg_scale)
+            sample(denoiser, sampler, labels, seed=0, cfg_scale=args.cfg_scale)
             best = min(best, time.perf_counter() - start)
         err = np.abs(out - reference).max() / np.abs(reference).max()
         rows.append(f"| {name} | {tokens} | {1000 * best / args.steps:.1f} | {args.batch_size / best:.2f} | {err:.1e} |")

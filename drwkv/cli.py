@@ -4,8 +4,9 @@
     drwkv-infer --engine model.plan --sampler dpm++2m --steps 20 --out samples/
     drwkv-infer --ckpt runs/fm/ckpt.pt --sampler ddpm --steps 250 --cfg-scale 1.0 --out ddpm.png
 
-The samplers are numpy and identical for every backend; the same seed, batch size and arguments
-give the same images (and the same PNG bytes) on one machine.
+The samplers are numpy and identical for every backend, and the noise is a function of the seed and
+the image's number in the run (drwkv.noise, the same in the C++ runtime): the same seed and
+arguments give the same images (and the same PNG bytes) on one machine.
 """
 import argparse
 import math
@@ -52,7 +53,9 @@ def build_parser():
                         "Images cycle through them (default: all classes in order)")
     s.add_argument("--num-images", type=int, default=16, help="how many images (default: 16)")
     s.add_argument("--batch-size", type=int, default=16, help="images per denoiser call (default: 16)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="random seed in [0, 2^64); image i of a run gets the same noise whatever the batch size, "
+                        "in Python and in C++ (default: 0)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="samples.png", help="grid .png file, or a directory (default: samples.png)")
     o.add_argument("--nrow", type=int, default=None, help="images per grid row (default: about square)")
@@ -94,6 +97,8 @@ def _check_args(args, parser):
     for name in ("steps", "num_images", "batch_size"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.seed < 1 << 64:
+        parser.error(f"--seed must be in [0, 2^64), got {args.seed}")
     if args.nrow is not None and args.nrow <= 0:
         parser.error(f"--nrow must be positive, got {args.nrow}")
     if args.eta != 0.0 and args.sampler != "ddim":
@@ -127,8 +132,8 @@ def run(args):
         os.makedirs(args.out, exist_ok=True)
     labels = np.array([classes[i % len(classes)] for i in range(args.num_images)], dtype=np.int64)
 
-    rng = np.random.Generator(np.random.PCG64(args.seed))
-    batches = [labels[i:i + args.batch_size] for i in range(0, len(labels), args.batch_size)]
+    starts = range(0, len(labels), args.batch_size)
+    batches = [labels[i:i + args.batch_size] for i in starts]
     images = []
     t0 = time.perf_counter()
     with tqdm(total=len(batches) * sampler.steps, unit="step", desc=PROG, file=sys.stderr, disable=None) as bar:
@@ -136,8 +141,8 @@ def run(args):
             for i in steps:
                 yield i
                 bar.update(1)
-        for y in batches:
-            images.append(to_uint8(sample(denoiser, sampler, y, rng, args.cfg_scale, progress)))
+        for start, y in zip(starts, batches):
+            images.append(to_uint8(sample(denoiser, sampler, y, args.seed, args.cfg_scale, progress, first_image=start)))
     sample_s = time.perf_counter() - t0
     images = np.concatenate(images)
 

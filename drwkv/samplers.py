@@ -13,13 +13,14 @@ given x (float32 [B,C,H,W]), the model output at (x, sampler.timestep(i)) (float
 [B,2C,H,W] with learned variance: eps then v in [-1, 1]) and this step's noise (standard normal like
 x, or None for deterministic samplers). Coefficients are computed in float64 from the schedule and
 applied as Python floats, so the arithmetic on the arrays stays float32. The loop driver ``sample``
-calls the denoiser and draws the noise:
+calls the denoiser and takes the noise from ``drwkv.noise`` (a function of seed, image, step and
+element, the same in the C++ loop ``drwkv::sample``):
 
-    rng = np.random.Generator(np.random.PCG64(seed))
-    x = rng.standard_normal([B,C,H,W], float32)                 # x_T first
+    images = first_image + [0 .. B-1]                           # global image indices
+    x = standard_normal(seed, images, 0, [C,H,W])               # x_T is noise step 0
     for i in range(steps):
         out = guided_output(denoiser, x, timestep(i), y, cfg_scale, null_class)
-        noise = rng.standard_normal([B,C,H,W], float32) if sampler.stochastic else None   # every step
+        noise = standard_normal(seed, images, i + 1, [C,H,W]) if sampler.stochastic else None
         x = sampler.step(i, x, out, noise)
 
 Shared notation, at process index j (a = alphabar'_j, a_prev = alphabar'_{j-1}, a_prev = 1 at j = 0):
@@ -29,6 +30,7 @@ Shared notation, at process index j (a = alphabar'_j, a_prev = alphabar'_{j-1}, 
 """
 import numpy as np
 
+from drwkv.noise import standard_normal
 from drwkv.schedule import Schedule
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
@@ -225,22 +227,24 @@ def guided_output(denoiser, x, t, y, cfg_scale, null_class):
     return np.concatenate([eps, cond[:, C:]], axis=1)
 
 
-def sample(denoiser, sampler, y, rng, cfg_scale=1.0, progress=None):
+def sample(denoiser, sampler, y, seed, cfg_scale=1.0, progress=None, first_image=0):
     """Generate len(y) images with ``denoiser`` (x, t, y -> out): float32 [B,C,H,W], about [-1, 1].
 
-    y: int64 [B] class labels (num_classes = null class). rng: a numpy Generator (use
-    np.random.Generator(np.random.PCG64(seed)) for reproducible output); x_T is drawn from it first,
-    then each step's noise. progress: optional wrapper around the step iterator (e.g. tqdm).
+    y: int64 [B] class labels (num_classes = null class). The images are number first_image ..
+    first_image + B - 1 of a run with ``seed``: each one's noise depends on (seed, its number) only,
+    so it does not change with the batch it is drawn in (see drwkv.noise). progress: optional
+    wrapper around the step iterator (e.g. tqdm).
     """
     config = denoiser.config
     y = np.asarray(y, dtype=np.int64)
-    shape = (len(y), int(config["in_channels"]), int(config["image_size"]), int(config["image_size"]))
-    x = rng.standard_normal(shape, dtype=np.float32)
+    shape = (int(config["in_channels"]), int(config["image_size"]), int(config["image_size"]))
+    images = np.arange(first_image, first_image + len(y), dtype=np.uint64)
+    x = standard_normal(seed, images, 0, shape)
     sampler.reset()
     steps = range(sampler.steps)
     for i in progress(steps) if progress is not None else steps:
         t = np.full(len(y), sampler.timestep(i), dtype=np.float32)
         out = guided_output(denoiser, x, t, y, cfg_scale, int(config["num_classes"]))
-        noise = rng.standard_normal(shape, dtype=np.float32) if sampler.stochastic else None
+        noise = standard_normal(seed, images, i + 1, shape) if sampler.stochastic else None
         x = sampler.step(i, x, out, noise)
     return x

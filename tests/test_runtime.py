@@ -215,7 +215,7 @@ def test_runtime_and_ort_sampling_never_import_torch(tmp_path):
         from drwkv.runtime import load_denoiser
         d = load_denoiser(onnx={str(path)!r})
         sampler = drwkv.samplers.make_sampler("ddim", drwkv.schedule.Schedule.from_config(d.config), 3)
-        x = drwkv.samplers.sample(d, sampler, np.array([0, 1]), np.random.default_rng(0), cfg_scale=2.0)
+        x = drwkv.samplers.sample(d, sampler, np.array([0, 1]), seed=0, cfg_scale=2.0)
         assert x.shape == (2, 3, 4, 4) and np.isfinite(x).all()
         assert "torch" not in sys.modules
         print("ok")

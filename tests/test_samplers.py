@@ -3,6 +3,7 @@ data whose exact denoiser is known in closed form."""
 import numpy as np
 import pytest
 
+from drwkv.noise import standard_normal
 from drwkv.samplers import DDIM, DDPM, DPMSolverPP2M, guided_output, make_sampler, sample
 from drwkv.schedule import Schedule, respaced_timesteps
 
@@ -113,7 +114,7 @@ class PointDenoiser:
 def test_samplers_recover_a_point_distribution(name):
     x0 = np.clip(_random((1, 4, 4), 5), -0.9, 0.9)
     sampler = make_sampler(name, SCHEDULE, 15)
-    out = sample(PointDenoiser(x0, learn_sigma=True), sampler, np.array([0, 1]), np.random.default_rng(0))
+    out = sample(PointDenoiser(x0, learn_sigma=True), sampler, np.array([0, 1]), seed=0)
     np.testing.assert_allclose(out, np.broadcast_to(x0, out.shape), atol=1e-4)
 
 
@@ -128,9 +129,8 @@ def _gaussian_flow_error(sampler, s=0.5):
             return (np.sqrt(1 - a) * x / (a * s * s + 1 - a)).astype(np.float32)
 
     sampler.clip_x0 = False
-    rng = np.random.default_rng(3)
-    x_T = np.random.default_rng(3).standard_normal((4, 1, 8, 8), dtype=np.float32)
-    out = sample(Gaussian(), sampler, np.zeros(4, dtype=np.int64), rng)
+    x_T = standard_normal(3, np.arange(4), 0, (1, 8, 8))
+    out = sample(Gaussian(), sampler, np.zeros(4, dtype=np.int64), seed=3)
     a_T = SCHEDULE.alphas_cumprod[sampler.timestep(0)]
     return np.abs(out - x_T * s / np.sqrt(a_T * s * s + 1 - a_T)).max()
 
@@ -176,8 +176,7 @@ def test_guidance_is_one_batched_call_on_eps_only():
 def test_sampling_is_deterministic_per_seed_and_draws_x_T_first():
     def run(seed, name="ddpm"):
         model = Recorder()
-        x = sample(model, make_sampler(name, SCHEDULE, 6), np.array([1, 2]),
-                   np.random.Generator(np.random.PCG64(seed)), cfg_scale=1.5)
+        x = sample(model, make_sampler(name, SCHEDULE, 6), np.array([1, 2]), seed, cfg_scale=1.5)
         return x, model
 
     a, model = run(7)
@@ -185,7 +184,7 @@ def test_sampling_is_deterministic_per_seed_and_draws_x_T_first():
     np.testing.assert_array_equal(a, b)
     assert a.dtype == np.float32 and a.shape == (2, 2, 4, 4)
     assert not np.array_equal(a, run(8)[0])
-    x_T = np.random.Generator(np.random.PCG64(7)).standard_normal((2, 2, 4, 4), dtype=np.float32)
+    x_T = standard_normal(7, [0, 1], 0, (2, 4, 4))
     np.testing.assert_array_equal(model.calls[0][0][:2], x_T)
     assert [int(c[1][0]) for c in model.calls] == [999, 799, 599, 400, 200, 0]
 
@@ -193,8 +192,8 @@ def test_sampling_is_deterministic_per_seed_and_draws_x_T_first():
 def test_dpm_solver_state_resets_between_runs():
     model = Recorder()
     sampler = DPMSolverPP2M(SCHEDULE, 5)
-    first = sample(model, sampler, np.array([3]), np.random.default_rng(1))
-    second = sample(model, sampler, np.array([3]), np.random.default_rng(1))
+    first = sample(model, sampler, np.array([3]), seed=1)
+    second = sample(model, sampler, np.array([3]), seed=1)
     np.testing.assert_array_equal(first, second)
 
 
