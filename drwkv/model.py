@@ -9,6 +9,11 @@ timestep/class conditioning, adaLN-Zero and output head, with the attention/MLP 
 Vision-RWKV block (Q-Shift token mixing, SpatialMix through the bidirectional WKV operator,
 ChannelMix) and U-ViT long skips between the first and second half of the blocks.
 
+Two options serve the paper's released models (see ``training.import_official``): ``num_classes`` 0
+is an unconditional model (no class embedding; y is accepted and ignored, so every artifact keeps
+the x, t, y interface), and ``final_norm`` (config key, default False) adds the official code's
+LayerNorm on the tokens before the head.
+
 Checkpoints written by ``training.train`` are read with ``load_checkpoint(path) -> (config, model)``.
 
 ``python -m drwkv.model --summary`` prints parameters and GMACs of every configuration.
@@ -133,7 +138,8 @@ class Denoiser(nn.Module):
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         # num_classes + 1 rows: the last one is the null class used for classifier-free guidance.
-        self.y_embedder = nn.Embedding(num_classes + 1, hidden_size)
+        # An unconditional model (num_classes 0) has no class embedding at all.
+        self.y_embedder = nn.Embedding(num_classes + 1, hidden_size) if num_classes > 0 else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid ** 2, hidden_size), requires_grad=trainable_pos_embed)
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
 
@@ -151,7 +157,8 @@ class Denoiser(nn.Module):
         w = self.x_embedder.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.bias)
-        nn.init.normal_(self.y_embedder.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         # adaLN-Zero: every modulation and the output projection start at zero, so a fresh model
@@ -171,10 +178,14 @@ class Denoiser(nn.Module):
         return x.reshape(x.shape[0], c, h * p, w * p)
 
     def forward(self, x, t, y):
-        """x [B,C,H,W], t [B] timesteps (int or float), y [B] int64 labels -> [B, out_channels, H, W]."""
+        """x [B,C,H,W], t [B] timesteps (int or float), y [B] int64 labels -> [B, out_channels, H, W].
+
+        An unconditional model ignores y (it may be None)."""
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         x = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed   # [B, T, D]
-        c = self.t_embedder(t) + self.y_embedder(y)
+        c = self.t_embedder(t)
+        if self.y_embedder is not None:
+            c = c + self.y_embedder(y)
         x = self.body(x, c, h, w)
         return self.unpatchify(self.final_layer(x, c), h, w)
 
@@ -352,7 +363,11 @@ class RWKVBlock(nn.Module):
 
 
 class DRWKV(Denoiser):
-    def __init__(self, image_size, patch_size, in_channels, hidden_size, depth, num_classes, learn_sigma):
+    """final_norm: a LayerNorm (affine, eps 1e-5) on the tokens before the head, as in the paper's
+    released code (its ``norm_f``); off in models trained here."""
+
+    def __init__(self, image_size, patch_size, in_channels, hidden_size, depth, num_classes, learn_sigma,
+                 final_norm=False):
         super().__init__(image_size, patch_size, in_channels, hidden_size, num_classes, learn_sigma,
                          trainable_pos_embed=True)
         half = depth // 2
@@ -360,6 +375,7 @@ class DRWKV(Denoiser):
         self.mid_block = RWKVBlock(hidden_size, half, depth)
         self.out_blocks = nn.ModuleList(RWKVBlock(hidden_size, half + 1 + i, depth, skip=True)
                                         for i in range(half))
+        self.final_norm = nn.LayerNorm(hidden_size) if final_norm else None
         self.init_shared_weights()
 
     def body(self, x, c, h, w):
@@ -370,7 +386,7 @@ class DRWKV(Denoiser):
         x = self.mid_block(x, c, h, w)
         for block in self.out_blocks:
             x = block(x, c, h, w, skip=skips.pop())
-        return x
+        return self.final_norm(x) if self.final_norm is not None else x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,8 +441,8 @@ class DiT(Denoiser):
 # Construction and checkpoints
 
 def build_model(config: dict) -> nn.Module:
-    """Build a model from {"model", "image_size", "in_channels", "num_classes", "learn_sigma"}
-    (other keys are ignored)."""
+    """Build a model from {"model", "image_size", "in_channels", "num_classes", "learn_sigma"} and the
+    optional "final_norm" (DRWKV only; default False). Other keys are ignored."""
     missing = [k for k in CONFIG_KEYS if k not in config]
     if missing:
         raise ValueError(f"model config lacks {missing}")
@@ -439,7 +455,9 @@ def build_model(config: dict) -> nn.Module:
                   depth=arch["depth"], num_classes=int(config["num_classes"]),
                   learn_sigma=bool(config["learn_sigma"]))
     if arch["family"] == "DRWKV":
-        return DRWKV(**common)
+        return DRWKV(final_norm=bool(config.get("final_norm", False)), **common)
+    if config.get("final_norm"):
+        raise ValueError(f"final_norm is a DRWKV option; {name!r} has none")
     return DiT(num_heads=arch["num_heads"], **common)
 
 

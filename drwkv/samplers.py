@@ -209,22 +209,32 @@ def make_sampler(name, schedule, steps, eta=0.0, clip_x0=True):
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def guided_output(denoiser, x, t, y, cfg_scale, null_class):
+def guided_output(denoiser, x, t, y, cfg_scale, null_class, guidance_channels=None):
     """The model output for the samplers, with classifier-free guidance when cfg_scale != 1.
 
     Guidance makes ONE batched call on [x; x] with labels [y; null] (as DiT's forward_with_cfg):
 
-        eps     = eps_uncond + cfg_scale (eps_cond - eps_uncond)     (the first C channels)
-        out     = concat(eps, variance channels of the conditional half)
+        G       = guidance_channels (the config's "guidance_channels"; None: all C channels)
+        eps     = eps_uncond + cfg_scale (eps_cond - eps_uncond)     (the first G channels)
+        out     = concat(eps, the other channels of the conditional half)
+
+    The paper's released models guide the first 3 channels only, also for 4-channel latents, so
+    their importer sets G = 3. null_class is num_classes: 0 is an unconditional model, which has
+    nothing to guide (ValueError unless cfg_scale is 1).
     """
     if cfg_scale == 1.0:
         return denoiser(x, t, y)
+    if null_class == 0:
+        raise ValueError(f"an unconditional model (num_classes 0) takes no guidance; use cfg_scale 1, not {cfg_scale}")
     B, C = x.shape[:2]
+    G = C if guidance_channels is None else int(guidance_channels)
+    if not 1 <= G <= C:
+        raise ValueError(f"guidance_channels must be between 1 and {C}, got {G}")
     out = denoiser(np.concatenate([x, x]), np.concatenate([t, t]),
                    np.concatenate([y, np.full_like(y, null_class)]))
     cond, uncond = out[:B], out[B:]
-    eps = uncond[:, :C] + np.float32(cfg_scale) * (cond[:, :C] - uncond[:, :C])
-    return np.concatenate([eps, cond[:, C:]], axis=1)
+    eps = uncond[:, :G] + np.float32(cfg_scale) * (cond[:, :G] - uncond[:, :G])
+    return np.concatenate([eps, cond[:, G:]], axis=1)
 
 
 def sample(denoiser, sampler, y, seed, cfg_scale=1.0, progress=None, first_image=0):
@@ -244,7 +254,7 @@ def sample(denoiser, sampler, y, seed, cfg_scale=1.0, progress=None, first_image
     steps = range(sampler.steps)
     for i in progress(steps) if progress is not None else steps:
         t = np.full(len(y), sampler.timestep(i), dtype=np.float32)
-        out = guided_output(denoiser, x, t, y, cfg_scale, int(config["num_classes"]))
+        out = guided_output(denoiser, x, t, y, cfg_scale, int(config["num_classes"]), config.get("guidance_channels"))
         noise = standard_normal(seed, images, i + 1, shape) if sampler.stochastic else None
         x = sampler.step(i, x, out, noise)
     return x

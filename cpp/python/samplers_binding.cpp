@@ -44,12 +44,13 @@ py::array_t<float> step(drwkv::Sampler& sampler, int i, Floats x, Floats model_o
   return x_next;
 }
 
-py::array_t<float> guided(Floats out, float cfg_scale, int64_t in_channels) {
+py::array_t<float> guided(Floats out, float cfg_scale, int64_t in_channels, std::optional<int64_t> guidance_channels) {
   if (out.ndim() != 4 || out.shape(0) % 2 != 0)
     throw std::invalid_argument("out must have shape [2B, C_out, H, W] (conditional half first)");
   drwkv::ImageShape const shape{out.shape(0) / 2, in_channels, out.shape(2), out.shape(3)};
   py::array_t<float> result({shape.batch, out.shape(1), shape.height, shape.width});
-  drwkv::guided_output(shape, out.data(), out.shape(1), cfg_scale, result.mutable_data());
+  drwkv::guided_output(shape, out.data(), out.shape(1), cfg_scale, guidance_channels.value_or(in_channels),
+                       result.mutable_data());
   return result;
 }
 
@@ -91,7 +92,9 @@ void bind_samplers(py::module_& m) {
       py::arg("num_timesteps") = 1000, py::arg("beta_start") = 1e-4, py::arg("beta_end") = 0.02,
       "A C++ sampler (ddpm, ddim, dpm++2m) over a linear schedule");
   m.def("guided_output", &guided, py::arg("out"), py::arg("cfg_scale"), py::arg("in_channels"),
-        "Classifier-free guidance combine of a [cond; uncond] model output");
+        py::arg("guidance_channels") = py::none(),
+        "Classifier-free guidance combine of a [cond; uncond] model output on the first guidance_channels "
+        "channels (default: all in_channels)");
   m.def("image_to_uint8", &to_uint8, py::arg("image"),
         "uint8 [H, W, C] of a float [C, H, W] image in [-1, 1]: round((x + 1) * 127.5) clamped");
   m.def("encode_png", &encode_png, py::arg("image"), "PNG bytes of a uint8 [H, W] or [H, W, C] image");

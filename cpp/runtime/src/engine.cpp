@@ -77,6 +77,9 @@ ModelConfig read_sidecar(std::string const& plan_path, int device) {
   config.in_channels = int(member(c, "in_channels", Type::kNumber, path).number);
   config.num_classes = int(member(c, "num_classes", Type::kNumber, path).number);
   config.learn_sigma = member(c, "learn_sigma", Type::kBool, path).boolean;
+  json::Value const* guidance = c.find("guidance_channels");
+  config.guidance_channels = guidance != nullptr && guidance->type == Type::kNumber ? int(guidance->number)
+                                                                                    : config.in_channels;
   // The schedule as drwkv.schedule.Schedule.from_config reads it (DiT's defaults when absent).
   if (json::Value const* diffusion = c.find("diffusion"); diffusion != nullptr && diffusion->type == Type::kObject) {
     if (json::Value const* kind = diffusion->find("schedule"); kind != nullptr && kind->string != "linear")
@@ -192,6 +195,8 @@ std::vector<float> generate(Engine& engine, Sampler& sampler, std::vector<int64_
   ImageShape const shape{int64_t(labels.size()), config.in_channels, config.image_size, config.image_size};
   int64_t const B = shape.batch, out_channels = config.out_channels();
   bool const guided = cfg_scale != 1.0f;
+  if (guided && config.num_classes == 0)
+    throw std::invalid_argument("an unconditional model (num_classes 0) takes no guidance; use cfg_scale 1");
 
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal;
@@ -214,7 +219,7 @@ std::vector<float> generate(Engine& engine, Sampler& sampler, std::vector<int64_
       std::copy(x.begin(), x.end(), model_in.begin() + long(x.size()));
     }
     engine.denoise(int64_t(y.size()), guided ? model_in.data() : x.data(), t.data(), y.data(), raw.data());
-    if (guided) guided_output(shape, raw.data(), out_channels, cfg_scale, out.data());
+    if (guided) guided_output(shape, raw.data(), out_channels, cfg_scale, config.guidance_channels, out.data());
     if (sampler.stochastic()) draw(noise);  // every step, as the Python loop, so the stream is step-independent
     sampler.step(i, shape, x.data(), guided ? out.data() : raw.data(), out_channels,
                  sampler.stochastic() ? noise.data() : nullptr, x.data());

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <string>
 
 namespace drwkv {
 namespace {
@@ -236,8 +237,12 @@ std::unique_ptr<Sampler> make_sampler(std::string const& name, ScheduleConfig co
   throw std::invalid_argument("unknown sampler '" + name + "'; choose one of ddpm, ddim, dpm++2m");
 }
 
-void guided_output(ImageShape const& shape, float const* out, int64_t out_channels, float cfg_scale, float* guided) {
-  int64_t const P = shape.plane(), C = shape.channels, B = shape.batch;
+void guided_output(ImageShape const& shape, float const* out, int64_t out_channels, float cfg_scale,
+                   int64_t guidance_channels, float* guided) {
+  if (guidance_channels < 1 || guidance_channels > shape.channels)
+    throw std::invalid_argument("guidance_channels must be between 1 and " + std::to_string(shape.channels) +
+                                ", got " + std::to_string(guidance_channels));
+  int64_t const P = shape.plane(), C = guidance_channels, B = shape.batch;
   for (int64_t b = 0; b < B; ++b) {
     float const* cond = out + b * out_channels * P;
     float const* uncond = out + (B + b) * out_channels * P;

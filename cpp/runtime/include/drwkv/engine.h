@@ -18,6 +18,7 @@ struct ModelConfig {
   int in_channels = 0;
   int num_classes = 0;  // the label num_classes is the null class (classifier-free guidance)
   bool learn_sigma = false;
+  int guidance_channels = 0;  // channels classifier-free guidance acts on ("guidance_channels"; in_channels if absent)
   ScheduleConfig schedule;
   int out_channels() const { return learn_sigma ? 2 * in_channels : in_channels; }
 };

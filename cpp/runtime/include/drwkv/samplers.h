@@ -123,8 +123,11 @@ std::unique_ptr<Sampler> make_sampler(std::string const& name, ScheduleConfig co
 
 // Classifier-free guidance: the model ran once on [x; x] with labels [y; null], giving
 // out [2B, C_out, H, W]. Writes guided [B, C_out, H, W]:
-//     eps = eps_uncond + cfg_scale (eps_cond - eps_uncond)   (first C channels)
-//     then the variance channels of the conditional half.
-void guided_output(ImageShape const& shape, float const* out, int64_t out_channels, float cfg_scale, float* guided);
+//     eps = eps_uncond + cfg_scale (eps_cond - eps_uncond)   (first guidance_channels channels)
+//     then the other channels of the conditional half.
+// guidance_channels is the model config's (1..C; the paper's released models guide 3 of 4 latent
+// channels); std::invalid_argument outside that range.
+void guided_output(ImageShape const& shape, float const* out, int64_t out_channels, float cfg_scale,
+                   int64_t guidance_channels, float* guided);
 
 }  // namespace drwkv
