@@ -28,13 +28,27 @@ into a per-channel [T,T] matrix D[c,t,i] = exp(-(|t-i|-1) w_c) (exp(u_c) at i = 
 which costs C*T*T memory rather than the B*C*T*T of explicit logits and softmax. It agrees with
 the operator to float32 rounding as long as the spread of k over the positions plus |T w| (the
 trained spatial_decay) stays below ~80, where float32's exp would underflow.
+
+A latent model (``config["latent"]``, see drwkv.vae) also gets its VAE decoder, ``NAME.vae_decoder.onnx``
+next to ``NAME.onnx``: input ``latents`` [B, c, h, w] float32 in the denoiser's space (the graph
+divides by the VAE's scaling_factor, ``drwkv.vae.LatentDecoder``), output ``image`` [B, C, h*f, w*f]
+in [-1, 1]; B, h and w are dynamic, so tiles of any size run on one graph. Its metadata carries the
+format tag, the VAE weights' sha256, the downsampling, the latent and image channels and the scale;
+the denoiser's names the decoder file and that sha256. The VAE is the folder the checkpoint records,
+or ``--vae FOLDER`` (same latent space; another weights file needs ``--force``). Without a VAE
+folder at hand the denoiser is written alone and the command says how to add the decoder.
+The decoder stays float32 under ``--dtype fp16`` unless ``--vae-dtype fp16``: SD's VAE overflows
+float16 (the black-image failure), so an fp16 decoder is run on test latents first and refused when
+its output is not finite.
 """
 import argparse
 import json
 import os
 import sys
 
-from drwkv.runtime.onnx import BIWKV_DOMAIN, BIWKV_OP, CONFIG_KEY, FORMAT, FORMAT_KEY
+from drwkv.runtime.base import decoder_path
+from drwkv.runtime.onnx import (BIWKV_DOMAIN, BIWKV_OP, CONFIG_KEY, DECODER_FILE_KEY, DECODER_FORMAT, FORMAT,
+                                FORMAT_KEY, VAE_SHA256_KEY)
 
 OPSET = 18
 PLUGIN_VERSION = "1"
@@ -101,9 +115,23 @@ def _translation(portable):
     return {torch.ops.drwkv.bi_wkv_inference.default: bi_wkv, torch.ops.drwkv.bi_wkv_forward.default: bi_wkv_with_lse}
 
 
+def _float32_io(model):
+    """A float16 module behind float32 I/O: its first input is cast to float16, its output to float32."""
+    from torch import nn
+
+    class Float32IO(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, *rest):
+            return self.inner(x.half(), *rest).float()
+
+    return Float32IO(model).eval()
+
+
 def _float16_module(model):
     """The model in float16 with float32 I/O; the timestep embedding and WKV w/u stay float32."""
-    import torch
     from torch import nn
 
     from drwkv.model import SpatialMix
@@ -118,21 +146,13 @@ def _float16_module(model):
         def forward(self, *args):
             return self.inner(*args).half()
 
-    class Float32IO(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x, t, y):
-            return self.inner(x.half(), t, y).float()
-
     model = model.half()
     model.t_embedder = Float16Output(model.t_embedder.float())
     for module in model.modules():
         if isinstance(module, SpatialMix):
             module.spatial_decay.data = module.spatial_decay.data.float()
             module.spatial_first.data = module.spatial_first.data.float()
-    return Float32IO(model).eval()
+    return _float32_io(model)
 
 
 def _bypass_float32_casts(graph):
@@ -202,16 +222,28 @@ def _declare_bi_wkv_outputs(graph):
     graph.value_info.extend(info.values())
 
 
-def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False):
-    """Write the ONNX denoiser of a checkpoint; returns the onnx.ModelProto written."""
-    import onnx
+def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False, vae=None, vae_dtype="fp32", force=False):
+    """Write the ONNX denoiser of a checkpoint and, for a latent model with its VAE at hand, its
+    decoder next to it (``decoder_path(out_path)``); returns the denoiser's onnx.ModelProto.
+
+    vae: a VAE folder overriding the one the checkpoint records; force: accept one whose weights
+    differ from the training VAE's. ValueError (drwkv.vae.VAEError included) for bad input, before
+    anything is written."""
     import torch
 
     from drwkv.model import load_checkpoint
 
-    if dtype not in ("fp32", "fp16"):
-        raise ValueError(f"dtype must be fp32 or fp16, got {dtype!r}")
+    for name, value in (("dtype", dtype), ("vae_dtype", vae_dtype)):
+        if value not in ("fp32", "fp16"):
+            raise ValueError(f"{name} must be fp32 or fp16, got {value!r}")
     config, model = load_checkpoint(ckpt_path)  # the EMA weights
+    vae_folder, _ = find_vae(config, ckpt_path, vae, force)
+    if vae_folder is None and vae_dtype != "fp32":
+        raise ValueError(f"--vae-dtype applies to the VAE decoder, and {ckpt_path} has none at hand"
+                         + ("" if config.get("latent") else " (a pixel-space model)"))
+    decoder = None
+    if vae_folder is not None:
+        decoder = export_decoder(vae_folder, int(config["latent"]["image_size"]), vae_dtype)
     if dtype == "fp16":
         model = _float16_module(model)
     _register_bi_wkv_schema()
@@ -236,22 +268,115 @@ def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False):
     count = sum(n.domain == BIWKV_DOMAIN for n in proto.graph.node)
     meta = {FORMAT_KEY: FORMAT, CONFIG_KEY: json.dumps(config, sort_keys=True),
             "drwkv.dtype": dtype, "drwkv.bi_wkv": "portable" if portable else f"{BIWKV_DOMAIN}::{BIWKV_OP}"}
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "drwkv.export.to_onnx"
+    if decoder is not None:
+        meta[DECODER_FILE_KEY] = os.path.basename(decoder_path(out_path))
+        meta[VAE_SHA256_KEY] = _metadata(decoder)[VAE_SHA256_KEY]
+    _set_metadata(proto, meta)
+    import onnx
     onnx.checker.check_model(proto, full_check=True)
     if not portable and count != _num_blocks(model):
         raise RuntimeError(f"expected one BiWKV node per block ({_num_blocks(model)}), the graph has {count}")
 
+    _save(proto, out_path)
+    if decoder is not None:
+        _save(decoder, decoder_path(out_path))
+    return proto
+
+
+def find_vae(config, ckpt_path, vae=None, force=False):
+    """The VAE folder to export a checkpoint's decoder from -> (folder, None), or (None, why not)
+    when no folder is at hand. ValueError for a VAE that does not fit the model."""
+    from drwkv.vae import latent_space
+
+    latent = config.get("latent")
+    if not latent:
+        if vae is not None:
+            raise ValueError(f"--vae applies to latent models; {ckpt_path} is a pixel-space model")
+        return None, "a pixel-space model"
+    if vae is None:
+        vae = latent.get("vae")
+        if not vae:
+            return None, "the checkpoint records no VAE folder"
+        if not os.path.isdir(vae):
+            return None, f"its VAE folder {vae} is not here"
+    space = latent_space(vae, int(latent["image_size"]))  # VAEError (a ValueError) for a bad folder
+    for key, what in (("channels", "latent channels"), ("downsample", "downsampling"),
+                      ("scaling_factor", "scaling_factor"), ("shift_factor", "shift_factor")):
+        if float(space.get(key) or 0) != float(latent.get(key) or 0):
+            raise ValueError(f"VAE {vae} has {what} {space.get(key)}, the model's latent space has {latent.get(key)}")
+    if space["vae_sha256"] != latent.get("vae_sha256") and not force:
+        raise ValueError(f"VAE {vae} has other weights than the one {ckpt_path} was trained with (sha256 "
+                         f"{space['vae_sha256'][:12]}... vs {str(latent.get('vae_sha256'))[:12]}...); "
+                         f"--force exports its decoder anyway")
+    return os.fspath(vae), None
+
+
+#: Test latents an fp16 decoder must decode to finite values: [B, c, h, w] drawn N(0, 1) in the
+#: denoiser's space, where the scaled latents of a trained model have about unit variance.
+FP16_CHECK_SHAPE = (2, 32, 32)
+
+
+def export_decoder(vae_folder, image_size, dtype="fp32"):
+    """The ONNX graph of a VAE folder's decoder (drwkv.vae.LatentDecoder) -> onnx.ModelProto;
+    image_size: the model's pixel size (checked against the downsampling)."""
+    import onnx
+    import torch
+
+    from drwkv.vae import LatentDecoder, latent_space, load_vae
+
+    vae = load_vae(vae_folder)
+    space = latent_space(vae_folder, image_size)
+    module = LatentDecoder(vae).eval()
+    c = space["channels"]
+    if dtype == "fp16":
+        module = _float32_io(module.half())
+        batch, h, w = FP16_CHECK_SHAPE
+        with torch.no_grad():
+            test = module(torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0)))
+        if not torch.isfinite(test).all():
+            raise ValueError(f"the fp16 decoder of {vae_folder} gives non-finite pixels on test latents "
+                             f"(float16 overflow, the black-image failure): export it with --vae-dtype fp32")
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    height, width = torch.export.Dim("h", min=2, max=16384), torch.export.Dim("w", min=2, max=16384)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module, (torch.randn(2, c, 6, 10),), dynamo=True, opset_version=OPSET, input_names=["latents"],
+            output_names=["image"], dynamic_shapes=({0: batch, 2: height, 3: width},), optimize=True,
+            verbose=False)
+    proto = program.model_proto
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    _set_metadata(proto, {FORMAT_KEY: DECODER_FORMAT, VAE_SHA256_KEY: space["vae_sha256"],
+                          "drwkv.vae_downsample": str(space["downsample"]), "drwkv.vae_channels": str(c),
+                          "drwkv.vae_image_channels": str(space["in_channels"]),
+                          "drwkv.vae_scaling_factor": repr(space["scaling_factor"]),
+                          "drwkv.vae_shift_factor": repr(space["shift_factor"]), "drwkv.dtype": dtype})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _metadata(proto):
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _set_metadata(proto, meta):
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "drwkv.export.to_onnx"
+
+
+def _save(proto, out_path):
+    """Write ``proto`` atomically; protobuf files stop at 2 GiB, so larger ones keep their weights
+    in a side file."""
+    import onnx
+
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    # Protobuf files stop at 2 GiB: larger models keep their weights in a side file.
     external = proto.ByteSize() > 2**31 - 2**26
     tmp = f"{out_path}.tmp"
     onnx.save_model(proto, tmp, save_as_external_data=external, all_tensors_to_one_file=True,
                     location=os.path.basename(out_path) + ".data")
     os.replace(tmp, out_path)
-    return proto
 
 
 def _num_blocks(model):
@@ -262,22 +387,43 @@ def _num_blocks(model):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m export.to_onnx",
-        description="Export a drwkv checkpoint's EMA denoiser to ONNX (one drwkv::BiWKV node per block).")
+        description="Export a drwkv checkpoint's EMA denoiser to ONNX (one drwkv::BiWKV node per block), and "
+                    "for a latent model its VAE decoder next to it (NAME.vae_decoder.onnx).")
     parser.add_argument("ckpt", help="checkpoint written by python -m training.train")
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
-                        help="precision of the graph; fp16 keeps float32 I/O (default: fp32)")
+                        help="precision of the denoiser; fp16 keeps float32 I/O (default: fp32)")
     parser.add_argument("--portable", action="store_true",
                         help="write the Bi-WKV in standard ONNX ops (quadratic in tokens) instead of the custom node")
+    parser.add_argument("--vae", metavar="FOLDER",
+                        help="latent models: the diffusers VAE folder to export the decoder from (default: the "
+                             "folder the checkpoint records); its latent space must be the model's")
+    parser.add_argument("--force", action="store_true",
+                        help="with --vae: accept a VAE whose weights differ from the training VAE's")
+    parser.add_argument("--vae-dtype", choices=("fp32", "fp16"), default="fp32",
+                        help="precision of the decoder (default: fp32, also under --dtype fp16: SD's VAE "
+                             "overflows float16); fp16 is refused when it decodes test latents to non-finite values")
     args = parser.parse_args(argv)
+    if args.force and args.vae is None:
+        parser.exit(2, f"{parser.prog}: error: --force applies to --vae\n")
     try:
-        proto = export_onnx(args.ckpt, args.output, args.dtype, args.portable)
+        proto = export_onnx(args.ckpt, args.output, args.dtype, args.portable, args.vae, args.vae_dtype, args.force)
     except (FileNotFoundError, ValueError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    config = json.loads({p.key: p.value for p in proto.metadata_props}[CONFIG_KEY])
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+    meta = _metadata(proto)
+    config = json.loads(meta[CONFIG_KEY])
     kind = "portable" if args.portable else f"{sum(n.domain == BIWKV_DOMAIN for n in proto.graph.node)} BiWKV nodes"
     print(f"wrote {args.output}: {config['model']} {config['image_size']}px, {args.dtype}, {kind}, "
           f"{len(proto.graph.node)} nodes, {os.path.getsize(args.output) / 2**20:.1f} MiB", file=sys.stderr)
+    decoder = decoder_path(args.output)
+    if DECODER_FILE_KEY in meta:
+        latent = config["latent"]
+        print(f"wrote {decoder}: VAE decoder ({latent['channels']}-channel latents, {latent['downsample']}x), "
+              f"{args.vae_dtype}, {os.path.getsize(decoder) / 2**20:.1f} MiB", file=sys.stderr)
+    elif config.get("latent"):
+        _, why = find_vae(config, args.ckpt)
+        print(f"no VAE decoder written ({why}); add it with: python -m export.to_onnx {args.ckpt} -o {args.output} "
+              f"--vae FOLDER", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
-"""Inference backends behind one ``Denoiser`` interface (see ``drwkv.runtime.base``).
+"""Inference backends behind one ``Denoiser`` and one ``Decoder`` interface (see ``drwkv.runtime.base``).
 
-    from drwkv.runtime import load_denoiser
+    from drwkv.runtime import load_decoder, load_denoiser
     denoiser = load_denoiser(onnx="model.onnx")        # or engine="model.plan", or ckpt="ckpt.pt"
     out = denoiser(x, t, y)                            # numpy in, numpy out
+    decoder = load_decoder(denoiser)                   # latent models: model.vae_decoder.onnx next to it
+    images = decoder(latents)                          # [-1, 1], tiled when large
 
 Backends: TensorRT engine (``drwkv.runtime.tensorrt``), ONNX Runtime (``drwkv.runtime.onnx``) and
-the PyTorch checkpoint (``drwkv.runtime.torch_ckpt``). Each is imported only when chosen, so
-importing this package, and the ONNX Runtime and TensorRT paths, never import torch.
+the PyTorch checkpoint with its diffusers VAE (``drwkv.runtime.torch_ckpt``). Each is imported only
+when chosen, so importing this package, and the ONNX Runtime and TensorRT paths, never import torch.
 """
 import importlib.util
+import os
 
-from drwkv.runtime.base import ArtifactError, Denoiser
+from drwkv.runtime.base import ArtifactError, Decoder, Denoiser, check_decoder, decoder_path
 
-__all__ = ["ArtifactError", "Denoiser", "load_denoiser"]
+__all__ = ["ArtifactError", "Decoder", "Denoiser", "load_decoder", "load_denoiser"]
 
 
 def load_denoiser(engine=None, onnx=None, ckpt=None, **options):
@@ -26,20 +29,80 @@ def load_denoiser(engine=None, onnx=None, ckpt=None, **options):
     if len(given) != 1:
         raise ValueError(f"give exactly one of engine, onnx, ckpt (got {', '.join(given) or 'none'})")
     if engine is not None:
-        try:
-            from drwkv.runtime.tensorrt import TensorRTDenoiser
-        except ImportError as e:
-            raise RuntimeError(f"cannot run TensorRT engine {engine}: the TensorRT backend is unavailable ({e}); "
-                               f"install TensorRT's Python package (pip install tensorrt) on a machine with "
-                               f"an NVIDIA GPU, or use --onnx / --ckpt") from None
-        return TensorRTDenoiser(engine, **options)
+        return _tensorrt_backend(engine).TensorRTDenoiser(engine, **options)
     if onnx is not None:
-        missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
-        if missing:
-            raise RuntimeError(f"running an ONNX model needs {' and '.join(missing)}; pip install 'drwkv[onnx]'")
-        from drwkv.runtime.onnx import OnnxRuntimeDenoiser
-        return OnnxRuntimeDenoiser(onnx, **options)
+        return _onnx_backend().OnnxRuntimeDenoiser(onnx, **options)
+    return _torch_backend().TorchDenoiser(ckpt, **options)
+
+
+def load_decoder(denoiser, path=None, **options):
+    """The VAE decoder of a latent ``denoiser``, checked to decode its latents (channels,
+    downsampling, VAE weights' sha256); ArtifactError (one line) when it is missing or another's.
+
+    path: the decoder to use, of the denoiser's kind: a ``.plan`` for an engine, a ``.onnx`` for an
+    ONNX model, a diffusers VAE folder for a checkpoint. Default: the one next to the artifact
+    (``model.vae_decoder.onnx`` / ``.plan``), or the VAE folder a checkpoint records.
+    options go to the backend (as for load_denoiser).
+    """
+    if not denoiser.latent:
+        raise ArtifactError(f"{denoiser.path} is a pixel-space model: it takes no VAE decoder")
+    kinds = {"tensorrt": (".plan", "a TensorRT decoder plan (.plan, from python -m export.to_trt)"),
+             "onnxruntime": (".onnx", "an ONNX decoder (.onnx, from python -m export.to_onnx)"),
+             "torch": ("", "a diffusers VAE folder")}
+    suffix, what = kinds[denoiser.name]
+    if path is None:
+        path = _default_decoder(denoiser)
+    elif (os.fspath(path).endswith((".onnx", ".plan")) if denoiser.name == "torch"
+          else not os.fspath(path).endswith(suffix)):
+        raise ArtifactError(f"--vae-decoder {path}: the decoder of a {denoiser.name} model is {what}")
+    if denoiser.name == "tensorrt":
+        decoder = _tensorrt_backend(path).TensorRTDecoder(path, **options)
+    elif denoiser.name == "onnxruntime":
+        decoder = _onnx_backend().OnnxRuntimeDecoder(path, **options)
+    else:
+        decoder = _torch_backend().TorchDecoder(path, **options)
+    check_decoder(decoder, denoiser)
+    return decoder
+
+
+def _default_decoder(denoiser):
+    """The decoder an artifact finds on its own; ArtifactError saying how to provide one."""
+    if denoiser.name == "torch":
+        folder = denoiser.latent.get("vae")
+        if not folder or not os.path.isdir(folder):
+            raise ArtifactError(f"{denoiser.path} is a latent model and its VAE folder {folder} is not here: "
+                                f"give the folder with --vae-decoder FOLDER")
+        return folder
+    named = getattr(denoiser, "decoder_file", None)
+    path = os.path.join(os.path.dirname(denoiser.path), named) if named else decoder_path(denoiser.path)
+    if not os.path.isfile(path):
+        how = ("build it with python -m export.to_trt from the model's ONNX export" if denoiser.name == "tensorrt"
+               else "export it with python -m export.to_onnx CKPT -o MODEL.onnx --vae FOLDER")
+        raise ArtifactError(f"{denoiser.path} is a latent model and its VAE decoder {path} is missing: "
+                            f"{how}, or give one with --vae-decoder")
+    return path
+
+
+def _tensorrt_backend(artifact):
+    try:
+        from drwkv.runtime import tensorrt
+    except ImportError as e:
+        raise RuntimeError(f"cannot run TensorRT engine {artifact}: the TensorRT backend is unavailable ({e}); "
+                           f"install TensorRT's Python package (pip install tensorrt) on a machine with "
+                           f"an NVIDIA GPU, or use --onnx / --ckpt") from None
+    return tensorrt
+
+
+def _onnx_backend():
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RuntimeError(f"running an ONNX model needs {' and '.join(missing)}; pip install 'drwkv[onnx]'")
+    from drwkv.runtime import onnx
+    return onnx
+
+
+def _torch_backend():
     if importlib.util.find_spec("torch") is None:  # checked without importing it
         raise RuntimeError("loading a checkpoint needs PyTorch (not installed); use an exported --onnx or --engine")
-    from drwkv.runtime.torch_ckpt import TorchDenoiser
-    return TorchDenoiser(ckpt, **options)
+    from drwkv.runtime import torch_ckpt
+    return torch_ckpt

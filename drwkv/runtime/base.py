@@ -13,8 +13,11 @@ Backends implement ``forward``; ``__call__`` checks and converts the inputs once
 and splits batches larger than ``max_batch_size`` (a TensorRT engine's profile limit, say).
 """
 import json
+import os
 
 import numpy as np
+
+from drwkv.runtime.tiling import decode_tiled
 
 CONFIG_KEYS = ("model", "image_size", "in_channels", "num_classes", "learn_sigma")
 
@@ -54,6 +57,21 @@ class Denoiser:
     def image_size(self):
         return int(self.config["image_size"])
 
+    @property
+    def latent(self):
+        """The model's latent space (``config["latent"]``: vae, vae_sha256, scaling_factor, channels,
+        downsample, image_size in pixels), or None for a pixel-space model."""
+        return self.config.get("latent")
+
+    @property
+    def vae_sha256(self):
+        """sha256 of the VAE weights this model's decoder must come from: the one its export recorded
+        (``export.to_onnx --vae --force`` may pick another VAE), else the training VAE's."""
+        return self.exported_vae_sha256 or (self.latent or {}).get("vae_sha256")
+
+    #: The decoder hash an artifact's metadata names (None: not recorded).
+    exported_vae_sha256 = None
+
     def __call__(self, x, t, y):
         x = np.ascontiguousarray(x, dtype=np.float32)
         t = np.ascontiguousarray(t, dtype=np.float32).reshape(-1)
@@ -75,3 +93,88 @@ class Denoiser:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name} {self.config.get('model')} {self.image_size}px>"
+
+
+#: Tiles of this many latent pixels (and a quarter of that overlap) are used when no tile size is
+#: given and the latent is larger: 64 is 512 output pixels for SD's 8x VAE, a size its decoder was
+#: trained at, and keeps the decoder's memory at that of a 512x512 image whatever the output size.
+AUTO_TILE = 64
+
+
+def decoder_path(artifact):
+    """Where an artifact's VAE decoder sits: model.onnx -> model.vae_decoder.onnx, model.plan ->
+    model.vae_decoder.plan."""
+    root, ext = os.path.splitext(os.fspath(artifact))
+    return f"{root}.vae_decoder{ext}"
+
+
+def check_decoder(decoder, denoiser):
+    """Refuse a decoder that does not decode this denoiser's latents (ArtifactError, one line)."""
+    latent = denoiser.latent
+    if not latent:
+        raise ArtifactError(f"{denoiser.path} is a pixel-space model: it takes no VAE decoder")
+    if decoder.latent_channels != denoiser.in_channels or decoder.downsample != int(latent["downsample"]):
+        raise ArtifactError(f"{decoder.path} decodes {decoder.latent_channels}-channel latents at {decoder.downsample}x, "
+                            f"the model's are {denoiser.in_channels}-channel at {latent['downsample']}x")
+    if decoder.vae_sha256 != denoiser.vae_sha256:
+        raise ArtifactError(f"{decoder.path} is the decoder of another VAE (weights sha256 {decoder.vae_sha256[:12]}..., "
+                            f"the model's is {str(denoiser.vae_sha256)[:12]}...); export the model's with "
+                            f"python -m export.to_onnx --vae FOLDER")
+
+
+class Decoder:
+    """Base class of the VAE decoder backends: subclasses set ``name``, ``path``, ``latent_channels``,
+    ``image_channels``, ``downsample`` and ``vae_sha256`` and implement ``forward``.
+
+        images = decoder(latents, tile=None, overlap=None)
+
+    latents float32 [B, c, h, w] in the denoiser's space (the decoder divides by the VAE's scaling
+    factor) -> images float32 [B, C, h*f, w*f] in [-1, 1] (C = 3 for an RGB VAE). Latents larger than ``tile`` latent pixels
+    (default: AUTO_TILE, or the backend's ``max_tile``) are decoded in overlapping tiles blended
+    linearly (``drwkv.runtime.tiling``); ``tiles_decoded`` counts the tiles of every call so far.
+    """
+
+    name = "decoder"
+    path: str
+    latent_channels: int
+    image_channels: int
+    downsample: int
+    vae_sha256: str
+    #: Largest batch and tile one forward call accepts (None: no limit), e.g. a TensorRT profile's.
+    max_batch_size = None
+    max_tile = None
+    tiles_decoded = 0
+
+    def __call__(self, latents, tile=None, overlap=None):
+        latents = np.ascontiguousarray(latents, dtype=np.float32)
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"latents must have shape [B, {self.latent_channels}, h, w], got {list(latents.shape)}")
+        if tile is None:
+            tile = min(AUTO_TILE, self.max_tile or AUTO_TILE)
+        elif self.max_tile is not None and tile > self.max_tile:
+            raise ValueError(f"{self.path}: VAE tile {tile} exceeds the decoder's largest tile {self.max_tile}")
+        if overlap is None:
+            overlap = tile // 4
+        limit = self.max_batch_size or len(latents)
+        parts = []
+        for i in range(0, len(latents), limit):
+            images, tiles = decode_tiled(self._checked_forward, latents[i:i + limit], tile, overlap, self.downsample)
+            parts.append(images)
+            self.tiles_decoded += tiles
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _checked_forward(self, latents):
+        B, _, h, w = latents.shape
+        images = self.forward(latents)
+        expected = (B, self.image_channels, h * self.downsample, w * self.downsample)
+        if images.shape != expected:
+            raise RuntimeError(f"{self.path}: the decoder returned {list(images.shape)} for latents "
+                               f"{list(latents.shape)}, expected {list(expected)}")
+        return images
+
+    def forward(self, latents):
+        """One tile: latents float32 [B, c, h, w] (C-contiguous) -> images float32 [B, 3, h*f, w*f]."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name} {self.latent_channels}ch x{self.downsample} {self.path}>"

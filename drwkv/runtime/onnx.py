@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: runs an exported ``model.onnx`` (see ``export.to_onnx``) without torch.
+"""ONNX Runtime backend: runs an exported ``model.onnx`` and its ``model.vae_decoder.onnx`` (see
+``export.to_onnx``) without torch.
 
 Two kinds of graph:
 - with the custom node (domain ``drwkv``, op ``BiWKV``; the default export): the node runs through
@@ -16,35 +17,85 @@ import os
 
 import numpy as np
 
-from drwkv.runtime.base import ArtifactError, Denoiser, parse_config
+from drwkv.runtime.base import ArtifactError, Decoder, Denoiser, parse_config
 
 CONFIG_KEY = "drwkv.config"
 FORMAT_KEY = "drwkv.format"
 FORMAT = "drwkv-onnx-denoiser"
+DECODER_FORMAT = "drwkv-onnx-vae-decoder"
+# Metadata tying a denoiser to its decoder, and describing a decoder.
+DECODER_FILE_KEY = "drwkv.vae_decoder"     # denoiser: the decoder's file name, next to it
+VAE_SHA256_KEY = "drwkv.vae_sha256"        # both: sha256 of the VAE weights the decoder comes from
+DECODER_KEYS = ("drwkv.vae_downsample", "drwkv.vae_channels", "drwkv.vae_image_channels")
 BIWKV_DOMAIN = "drwkv"
 BIWKV_OP = "BiWKV"
 
 
-def read_onnx(path):
-    """Load and identify a drwkv ONNX denoiser -> (onnx.ModelProto, config); ArtifactError otherwise."""
+def _load(path, what):
+    """onnx.load with one-line ArtifactErrors -> (ModelProto, metadata dict)."""
     import onnx
     from google.protobuf.message import DecodeError
 
-    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ArtifactError(f"ONNX model not found: {path}")
+        raise ArtifactError(f"{what} not found: {path}")
     try:
         model = onnx.load(path)
     except (DecodeError, OSError, ValueError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"{path}: not a readable ONNX file (truncated or corrupt?): {reason[:200]}") from None
-    meta = {p.key: p.value for p in model.metadata_props}
+    if not model.graph.node:
+        raise ArtifactError(f"{path}: the ONNX graph is empty (truncated file?)")
+    return model, {p.key: p.value for p in model.metadata_props}
+
+
+def read_onnx(path):
+    """Load and identify a drwkv ONNX denoiser -> (onnx.ModelProto, config); ArtifactError otherwise."""
+    path = os.fspath(path)
+    model, meta = _load(path, "ONNX model")
+    if meta.get(FORMAT_KEY) == DECODER_FORMAT:
+        raise ArtifactError(f"{path} is a VAE decoder, not a denoiser: give the model it belongs to")
     if meta.get(FORMAT_KEY) != FORMAT or CONFIG_KEY not in meta:
         raise ArtifactError(f"{path}: not a drwkv denoiser (no {FORMAT_KEY}={FORMAT!r} metadata; "
                             f"export it with python -m export.to_onnx, or the file is truncated)")
-    if not model.graph.node:
-        raise ArtifactError(f"{path}: the ONNX graph is empty (truncated file?)")
     return model, parse_config(meta[CONFIG_KEY], path)
+
+
+def read_onnx_decoder(path):
+    """Load and identify a drwkv ONNX VAE decoder -> (onnx.ModelProto, metadata); ArtifactError otherwise."""
+    path = os.fspath(path)
+    model, meta = _load(path, "VAE decoder")
+    if meta.get(FORMAT_KEY) != DECODER_FORMAT or any(k not in meta for k in (VAE_SHA256_KEY, *DECODER_KEYS)):
+        raise ArtifactError(f"{path}: not a drwkv VAE decoder (no {FORMAT_KEY}={DECODER_FORMAT!r} metadata; "
+                            f"python -m export.to_onnx writes it next to a latent model)")
+    return model, meta
+
+
+def _session(model, path, providers, intra_op_threads, custom_ops=False):
+    """An InferenceSession of ``model`` (ModelProto) on the CUDA provider when available, else the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if intra_op_threads:
+        options.intra_op_num_threads = int(intra_op_threads)
+    if custom_ops:
+        from drwkv import ort_ops
+        options.register_custom_ops_library(ort_ops.register())
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
+        raise ArtifactError(f"{path}: onnxruntime cannot load the graph: "
+                            f"{str(e).strip().splitlines()[0][:300]}") from None
+
+
+def _run(session, path, outputs, feeds):
+    try:
+        return session.run(outputs, feeds)[0]
+    except Exception as e:  # onnxruntime's error types derive from Exception only
+        raise RuntimeError(f"{path}: onnxruntime failed: {str(e).strip().splitlines()[0][:300]}") from e
 
 
 def _value_types(model):
@@ -104,26 +155,15 @@ class OnnxRuntimeDenoiser(Denoiser):
     name = "onnxruntime"
 
     def __init__(self, path, providers=None, intra_op_threads=None):
-        import onnxruntime as ort
-
         model, self.config = read_onnx(path)
         self.path = os.fspath(path)
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if intra_op_threads:
-            options.intra_op_num_threads = int(intra_op_threads)
+        meta = {p.key: p.value for p in model.metadata_props}
+        self.exported_vae_sha256 = meta.get(VAE_SHA256_KEY)
+        #: The decoder file the export wrote next to this model (None: none was written).
+        self.decoder_file = meta.get(DECODER_FILE_KEY)
         from drwkv import ort_ops
         self.custom_ops = route_bi_wkv_to_extensions(model, ort_ops.DOMAIN)
-        if self.custom_ops:
-            options.register_custom_ops_library(ort_ops.register())
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        try:
-            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
-            raise ArtifactError(f"{self.path}: onnxruntime cannot load the graph: "
-                                f"{str(e).strip().splitlines()[0][:300]}") from None
+        self.session = _session(model, self.path, providers, intra_op_threads, custom_ops=self.custom_ops > 0)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if set(inputs) != {"x", "t", "y"}:
             raise ArtifactError(f"{self.path}: expected inputs x, t, y; the graph has {sorted(inputs)}")
@@ -131,8 +171,27 @@ class OnnxRuntimeDenoiser(Denoiser):
         self.providers = self.session.get_providers()
 
     def forward(self, x, t, y):
-        try:
-            out = self.session.run(["out"], {"x": x.astype(self._x_dtype, copy=False), "t": t, "y": y})[0]
-        except Exception as e:  # onnxruntime's error types derive from Exception only
-            raise RuntimeError(f"{self.path}: onnxruntime failed: {str(e).strip().splitlines()[0][:300]}") from e
+        out = _run(self.session, self.path, ["out"], {"x": x.astype(self._x_dtype, copy=False), "t": t, "y": y})
         return out.astype(np.float32, copy=False)
+
+
+class OnnxRuntimeDecoder(Decoder):
+    """A drwkv ONNX VAE decoder (``model.vae_decoder.onnx``) in an onnxruntime InferenceSession."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path, providers=None, intra_op_threads=None):
+        self.path = os.fspath(path)
+        model, meta = read_onnx_decoder(self.path)
+        self.vae_sha256 = meta[VAE_SHA256_KEY]
+        self.downsample = int(meta["drwkv.vae_downsample"])
+        self.latent_channels = int(meta["drwkv.vae_channels"])
+        self.image_channels = int(meta.get("drwkv.vae_image_channels", 3))
+        self.dtype = meta.get("drwkv.dtype", "fp32")
+        self.session = _session(model, self.path, providers, intra_op_threads)
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs != ["latents"]:
+            raise ArtifactError(f"{self.path}: expected the input latents; the graph has {inputs}")
+
+    def forward(self, latents):
+        return _run(self.session, self.path, ["image"], {"latents": latents}).astype(np.float32, copy=False)
