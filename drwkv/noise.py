@@ -112,10 +112,24 @@ def cos_sin_turn(b):
 
 
 def box_muller(a, b):
-    """Two float32 standard normals from uint32 words a, b: r cos theta and r sin theta."""
+    """Two standard normals from uint32 words a, b in float64 (the noise rounds them to float32):
+    r cos theta and r sin theta."""
     r = np.sqrt(-2.0 * log_uniform(a))
     cos, sin = cos_sin_turn(b)
-    return (r * cos).astype(np.float32), (r * sin).astype(np.float32)
+    return r * cos, r * sin
+
+
+def _image_indices(images):
+    """uint64 [N] from an integer array or a sequence of ints (numpy would turn ints above 2^63 into floats)."""
+    message = "images must be a 1-D array of non-negative integer indices below 2^64"
+    if isinstance(images, np.ndarray):
+        if images.ndim != 1 or (images.size and (images.dtype.kind not in "iu" or images.min() < 0)):
+            raise ValueError(message)
+        return images.astype(np.uint64)
+    images = list(images)
+    if not all(isinstance(i, (int, np.integer)) and 0 <= i < 1 << 64 for i in images):
+        raise ValueError(message)
+    return np.array([int(i) for i in images], dtype=np.uint64)
 
 
 def standard_normal(seed, images, step, shape):
@@ -129,15 +143,12 @@ def standard_normal(seed, images, step, shape):
         raise ValueError(f"seed must be an integer in [0, 2^64), got {seed}")
     if not 0 <= step < 1 << 32:
         raise ValueError(f"noise step must be in [0, 2^32), got {step}")
-    images = np.asarray(images)
-    if images.ndim != 1 or (images.size and (images.dtype.kind not in "iu" or images.min() < 0)):
-        raise ValueError("images must be a 1-D array of non-negative integer indices")
-    images = images.astype(np.uint64)
+    images = _image_indices(images)
     shape = tuple(int(n) for n in shape)
     numel = int(np.prod(shape, dtype=np.int64))
     blocks = -(-numel // 4)
     if blocks > 1 << 32:
-        raise ValueError(f"an image of {numel} elements is more than the generator addresses (2^34)")
+        raise ValueError(f"an image of {numel} elements is more than the noise generator addresses (2^34)")
     counter = np.empty((len(images), blocks, 4), dtype=np.uint64)
     counter[..., 0] = np.arange(blocks, dtype=np.uint64)
     counter[..., 1] = step

@@ -5,7 +5,7 @@ the C++ sampling loop against drwkv.samplers.sample."""
 import numpy as np
 import pytest
 
-from drwkv import noise
+from drwkv import _C, noise
 from drwkv.noise import box_muller, philox4x32_10, standard_normal
 from drwkv.samplers import make_sampler, sample
 from drwkv.schedule import Schedule
@@ -65,7 +65,7 @@ def test_documented_counter_layout():
     key = (seed & 0xFFFFFFFF, seed >> 32)
     for block in range(8):
         w = philox4x32_10((block, step, image & 0xFFFFFFFF, image >> 32), key)
-        expected = np.concatenate([np.ravel(box_muller(w[0], w[1])), np.ravel(box_muller(w[2], w[3]))])
+        expected = np.float32(np.concatenate([box_muller(w[0], w[1]), box_muller(w[2], w[3])]))
         n = min(4, 30 - 4 * block)
         np.testing.assert_array_equal(z[4 * block:4 * block + n], expected[:n])
 
@@ -139,3 +139,114 @@ def test_an_image_does_not_change_with_the_batch_size(name, eta):
     whole = sample(PerImage(), sampler, labels, seed=8, cfg_scale=1.5)
     parts = [sample(PerImage(), sampler, labels[i:i + 2], seed=8, cfg_scale=1.5, first_image=i) for i in (0, 2, 4)]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+# --- the C++ generator and loop (drwkv._C) ---------------------------------------------------------
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint64 if a.dtype == np.float64 else np.uint32)
+
+
+@pytest.mark.parametrize("counter,key,expected", PHILOX_KAT)
+def test_cpp_philox_matches_random123_known_answers(counter, key, expected):
+    assert tuple(_C.philox4x32_10(counter, key)) == expected
+
+
+def test_cpp_philox_matches_numpy_on_random_counters():
+    rng = np.random.default_rng(4)
+    counters = rng.integers(0, 1 << 32, (300, 4), dtype=np.uint64)
+    keys = rng.integers(0, 1 << 32, (300, 2), dtype=np.uint64)
+    for counter, key in zip(counters, keys):
+        expected = philox4x32_10(counter, key)
+        assert list(_C.philox4x32_10([int(c) for c in counter], [int(k) for k in key])) == [int(w) for w in expected]
+
+
+def test_cpp_box_muller_is_bit_identical_in_float64():
+    """4M word pairs, edge words against every edge word included: the float64 values before rounding
+    agree in every bit, so their float32 roundings do too."""
+    a, b = _words(4_000_000, seed=5), _words(4_000_000, seed=6)
+    edges = np.array(np.meshgrid(EDGE_WORDS, EDGE_WORDS)).reshape(2, -1)
+    a, b = np.concatenate([a, edges[0]]), np.concatenate([b, edges[1]])
+    for ours, theirs in zip(box_muller(a, b), _C.box_muller(a, b)):
+        np.testing.assert_array_equal(_bits(ours), _bits(theirs))
+
+
+@pytest.mark.parametrize("seed,images,step,shape", [
+    (0, [0], 0, (1,)), (1, [3], 1, (3,)), (2, [0, 1, 2], 7, (5,)), (3, [4, 0], 2, (2, 3, 5)),
+    (12345, list(range(16)), 50, (4, 32, 32)), ((1 << 64) - 1, [(1 << 64) - 1, 1 << 32], (1 << 32) - 1, (3, 7, 9)),
+    (1 << 32, [5], 1, (1, 1, 6)), (9, [], 3, (2, 2)), (7, [2], 4, (0,))])
+def test_cpp_noise_is_bit_identical(seed, images, step, shape):
+    ours, theirs = standard_normal(seed, images, step, shape), _C.standard_normal(seed, images, step, shape)
+    assert theirs.dtype == np.float32 and theirs.shape == ours.shape == (len(images),) + shape
+    np.testing.assert_array_equal(_bits(ours), _bits(theirs))
+
+
+def test_cpp_noise_is_bit_identical_over_a_million_draws():
+    shape = (4, 64, 64)
+    ours, theirs = standard_normal(77, np.arange(8, 72), 12, shape), _C.standard_normal(77, list(range(8, 72)), 12, shape)
+    np.testing.assert_array_equal(_bits(ours), _bits(theirs))
+
+
+class SmoothDenoiser:
+    """A smooth deterministic stand-in for a network, per image: eps from x, t and y; v in (-1, 1)."""
+
+    def __init__(self, learn_sigma, num_classes=4, guidance_channels=None, channels=3, size=6):
+        self.config = {"in_channels": channels, "image_size": size, "num_classes": num_classes,
+                       "learn_sigma": learn_sigma, "guidance_channels": guidance_channels}
+
+    def __call__(self, x, t, y):
+        tt = (t / 1000.0).astype(np.float32).reshape(-1, 1, 1, 1)
+        yy = (y / 4.0).astype(np.float32).reshape(-1, 1, 1, 1)
+        eps = np.tanh(np.float32(0.8) * x + np.float32(0.3) * tt - np.float32(0.2) * yy
+                      + np.float32(0.1) * np.roll(x, 1, axis=-1))
+        if not self.config["learn_sigma"]:
+            return eps
+        return np.concatenate([eps, np.tanh(np.float32(0.5) * x - tt + np.float32(0.4) * yy)], axis=1)
+
+    def cpp_shape(self):
+        c = self.config
+        return _C.DenoiserShape(c["in_channels"], c["image_size"], c["in_channels"] * (2 if c["learn_sigma"] else 1),
+                                c["num_classes"], c["guidance_channels"] or 0)
+
+
+LOOP_CASES = [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.6), ("dpm++2m", 0.0)]
+
+
+@pytest.mark.parametrize("learn_sigma", [True, False], ids=["learned", "fixed"])
+@pytest.mark.parametrize("cfg_scale,guidance_channels", [(1.0, None), (1.5, None), (2.0, 2)],
+                         ids=["nocfg", "cfg", "cfg-2ch"])
+@pytest.mark.parametrize("name,eta", LOOP_CASES, ids=[f"{n}-eta{e}" for n, e in LOOP_CASES])
+def test_cpp_loop_matches_the_python_loop(name, eta, cfg_scale, guidance_channels, learn_sigma):
+    denoiser = SmoothDenoiser(learn_sigma, guidance_channels=guidance_channels)
+    steps, labels, seed, first = 12, np.array([0, 3, 1, 2, 0]), (1 << 40) + 3, 6
+    ours = sample(denoiser, make_sampler(name, Schedule.linear(), steps, eta=eta), labels, seed, cfg_scale,
+                  first_image=first)
+    theirs = _C.sample(denoiser, denoiser.cpp_shape(), _C.make_sampler(name, steps, eta=eta), labels, cfg_scale, seed,
+                       first)
+    assert theirs.dtype == np.float32 and theirs.shape == ours.shape == (5, 3, 6, 6)
+    if name == "ddpm" and learn_sigma:
+        # numpy's float32 exp of the learned variance may differ from the C library's in the last bit
+        # (see test_cpp_samplers); everything else is the same float32 operations on the same noise
+        np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(_bits(theirs), _bits(ours))
+
+
+def test_cpp_loop_images_do_not_change_with_the_batch():
+    denoiser = SmoothDenoiser(learn_sigma=False)
+    labels = np.array([0, 1, 2, 3, 0])
+    whole = _C.sample(denoiser, denoiser.cpp_shape(), _C.make_sampler("ddpm", 6), labels, 1.5, 4)
+    parts = [_C.sample(denoiser, denoiser.cpp_shape(), _C.make_sampler("ddpm", 6), labels[i:i + 2], 1.5, 4, i)
+             for i in (0, 2, 4)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_cpp_loop_errors_are_value_errors():
+    denoiser = SmoothDenoiser(learn_sigma=False, num_classes=0)
+    with pytest.raises(ValueError, match="unconditional model"):
+        _C.sample(denoiser, denoiser.cpp_shape(), _C.make_sampler("ddim", 3), [0], 1.5, 0)
+    wrong = SmoothDenoiser(learn_sigma=False)
+    shape = _C.DenoiserShape(3, 6, 6, 4)  # claims learned variance; the denoiser returns C channels
+    with pytest.raises(ValueError, match="must return"):
+        _C.sample(wrong, shape, _C.make_sampler("ddim", 3), [0], 1.0, 0)

@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
-#include <random>
 #include <stdexcept>
 
 #include "json.h"
@@ -190,41 +189,13 @@ void Engine::denoise(int64_t n, float const* x, float const* t, int64_t const* y
 }
 
 std::vector<float> generate(Engine& engine, Sampler& sampler, std::vector<int64_t> const& labels, float cfg_scale,
-                            uint64_t seed) {
-  ModelConfig const& config = engine.config();
-  ImageShape const shape{int64_t(labels.size()), config.in_channels, config.image_size, config.image_size};
-  int64_t const B = shape.batch, out_channels = config.out_channels();
-  bool const guided = cfg_scale != 1.0f;
-  if (guided && config.num_classes == 0)
-    throw std::invalid_argument("an unconditional model (num_classes 0) takes no guidance; use cfg_scale 1");
-
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal;
-  auto draw = [&](std::vector<float>& v) { std::generate(v.begin(), v.end(), [&] { return normal(rng); }); };
-
-  std::vector<float> x(size_t(shape.numel())), noise(x.size());
-  draw(x);
-  // With guidance the model sees [x; x] with labels [y; null] in one call.
-  std::vector<int64_t> y(labels);
-  if (guided) y.insert(y.end(), labels.size(), int64_t(config.num_classes));
-  size_t const out_image = size_t(out_channels * shape.plane());
-  std::vector<float> model_in(guided ? 2 * x.size() : 0), t(y.size());
-  std::vector<float> raw(y.size() * out_image), out(guided ? size_t(B) * out_image : 0);
-
-  sampler.reset();
-  for (int i = 0; i < sampler.steps(); ++i) {
-    std::fill(t.begin(), t.end(), float(sampler.timestep(i)));
-    if (guided) {
-      std::copy(x.begin(), x.end(), model_in.begin());
-      std::copy(x.begin(), x.end(), model_in.begin() + long(x.size()));
-    }
-    engine.denoise(int64_t(y.size()), guided ? model_in.data() : x.data(), t.data(), y.data(), raw.data());
-    if (guided) guided_output(shape, raw.data(), out_channels, cfg_scale, config.guidance_channels, out.data());
-    if (sampler.stochastic()) draw(noise);  // every step, as the Python loop, so the stream is step-independent
-    sampler.step(i, shape, x.data(), guided ? out.data() : raw.data(), out_channels,
-                 sampler.stochastic() ? noise.data() : nullptr, x.data());
-  }
-  return x;
+                            uint64_t seed, uint64_t first_image) {
+  ModelConfig const& c = engine.config();
+  auto denoise = [&engine](int64_t n, float const* x, float const* t, int64_t const* y, float* out) {
+    engine.denoise(n, x, t, y, out);
+  };
+  return sample(denoise, {c.in_channels, c.image_size, c.out_channels(), c.num_classes, c.guidance_channels}, sampler,
+                labels, cfg_scale, seed, first_image);
 }
 
 }  // namespace drwkv

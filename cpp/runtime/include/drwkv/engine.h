@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "drwkv/sample.h"
 #include "drwkv/samplers.h"
 
 namespace drwkv {
@@ -46,12 +47,11 @@ class Engine {
   std::unique_ptr<Impl> impl_;
 };
 
-// The sampling loop of drwkv.samplers.sample: x_T ~ N(0, I), then for each step the model output
-// (with classifier-free guidance when cfg_scale != 1: one call on [x; x] with labels [y; null])
-// and, for stochastic samplers, fresh noise. Noise comes from std::mt19937_64 seeded with `seed`,
-// not numpy's generator, so images differ from the Python runtime's for the same seed.
-// Returns x_0, float [B, C, H, W] about [-1, 1], B = labels.size().
+// drwkv::sample (drwkv/sample.h) with this engine as the denoiser: images first_image ..
+// first_image + B - 1 of a run with `seed`, B = labels.size(), with the noise of drwkv/noise.h, so
+// the same seed, labels and image numbers give the images of the Python runtime (drwkv-infer).
+// Returns x_0, float [B, C, H, W] about [-1, 1].
 std::vector<float> generate(Engine& engine, Sampler& sampler, std::vector<int64_t> const& labels, float cfg_scale,
-                            uint64_t seed);
+                            uint64_t seed, uint64_t first_image = 0);
 
 }  // namespace drwkv
