@@ -3,6 +3,7 @@
     drwkv-infer --onnx model.onnx --class sneaker,bag --num-images 16 --out grid.png
     drwkv-infer --engine model.plan --sampler dpm++2m --steps 20 --out samples/
     drwkv-infer --ckpt runs/fm/ckpt.pt --sampler ddpm --steps 250 --cfg-scale 1.0 --out ddpm.png
+    drwkv-infer --info grid.png          # the settings stored in an image, and the command that remakes it
 
 The samplers are numpy and identical for every backend, and the noise is a function of the seed and
 the image's number in the run (drwkv.noise, the same in the C++ runtime): the same seed and
@@ -11,6 +12,7 @@ arguments give the same images (and the same PNG bytes) on one machine.
 import argparse
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -31,7 +33,8 @@ def build_parser():
     p = _Parser(prog=PROG, description="Sample images from a Diffusion-RWKV denoiser (TensorRT, ONNX Runtime "
                                        "or PyTorch) with numpy DDPM / DDIM / DPM-Solver++ samplers.",
                 epilog="Output: a .png path writes one grid; any other path is a directory that gets one "
-                       "PNG per image. The generation parameters are stored in the PNG text chunks.")
+                       "PNG per image. The generation parameters are stored in the PNG text chunks (drwkv.* "
+                       "and a one-line 'parameters' chunk that image viewers show); --info prints them back.")
     src = p.add_argument_group("model (exactly one)")
     src.add_argument("--engine", metavar="PLAN", help="TensorRT engine (needs tensorrt and a GPU)")
     src.add_argument("--onnx", metavar="ONNX", help="ONNX model from python -m export.to_onnx (ONNX Runtime)")
@@ -59,6 +62,12 @@ def build_parser():
     o = p.add_argument_group("output")
     o.add_argument("--out", default="samples.png", help="grid .png file, or a directory (default: samples.png)")
     o.add_argument("--nrow", type=int, default=None, help="images per grid row (default: about square)")
+    o.add_argument("--first-image", type=int, default=0, metavar="N",
+                   help="number the images N, N+1, ... (default: 0): image N alone comes out as it did in a "
+                        "larger run with the same seed and classes")
+    i = p.add_argument_group("inspect")
+    i.add_argument("--info", metavar="IMAGE.png", help="print the settings stored in an image written by "
+                                                      "drwkv-infer and the command that makes it again, then exit")
     return p
 
 
@@ -90,6 +99,10 @@ def parse_classes(specs, config):
 
 def _check_args(args, parser):
     given = [f"--{n}" for n in ("engine", "onnx", "ckpt") if getattr(args, n) is not None]
+    if args.info is not None:
+        if given:
+            parser.error(f"--info reads an image and takes no model ({', '.join(given)})")
+        return
     if len(given) != 1:
         parser.error(f"give exactly one of --engine, --onnx, --ckpt (got {', '.join(given) or 'none'})")
     if (args.plugin or args.cuda_graph) and not args.engine:
@@ -99,6 +112,8 @@ def _check_args(args, parser):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.seed < 1 << 64:
         parser.error(f"--seed must be in [0, 2^64), got {args.seed}")
+    if args.first_image < 0:
+        parser.error(f"--first-image must be >= 0, got {args.first_image}")
     if args.nrow is not None and args.nrow <= 0:
         parser.error(f"--nrow must be positive, got {args.nrow}")
     if args.eta != 0.0 and args.sampler != "ddim":
@@ -112,7 +127,7 @@ def _check_args(args, parser):
 def run(args):
     from tqdm import tqdm
 
-    from drwkv.png import make_grid, save_png, to_uint8
+    from drwkv.png import make_grid, parameters_line, save_png, to_uint8
     from drwkv.runtime import load_denoiser
     from drwkv.samplers import make_sampler, sample
     from drwkv.schedule import Schedule
@@ -130,7 +145,8 @@ def run(args):
     grid = args.out.lower().endswith(".png")
     if not grid:
         os.makedirs(args.out, exist_ok=True)
-    labels = np.array([classes[i % len(classes)] for i in range(args.num_images)], dtype=np.int64)
+    numbers = range(args.first_image, args.first_image + args.num_images)  # image i has class i mod len(classes)
+    labels = np.array([classes[i % len(classes)] for i in numbers], dtype=np.int64)
 
     starts = range(0, len(labels), args.batch_size)
     batches = [labels[i:i + args.batch_size] for i in starts]
@@ -142,7 +158,8 @@ def run(args):
                 yield i
                 bar.update(1)
         for start, y in zip(starts, batches):
-            images.append(to_uint8(sample(denoiser, sampler, y, args.seed, args.cfg_scale, progress, first_image=start)))
+            images.append(to_uint8(sample(denoiser, sampler, y, args.seed, args.cfg_scale, progress,
+                                          first_image=args.first_image + start)))
     sample_s = time.perf_counter() - t0
     images = np.concatenate(images)
 
@@ -153,16 +170,33 @@ def run(args):
             "drwkv.seed": args.seed, "drwkv.batch_size": args.batch_size}
     names = list(config.get("class_names") or [])
     label_names = [names[c] if c < len(names) else str(c) for c in labels]
+    conditional = int(config["num_classes"]) > 0
+
+    def parameters(classes):  # Size: of one image, also in a grid
+        fields = [("Steps", args.steps), ("Sampler", args.sampler)] + ([("Eta", args.eta)] if args.sampler == "ddim" else [])
+        fields += [("CFG scale", args.cfg_scale), ("Seed", args.seed), ("Size", f"{images.shape[2]}x{images.shape[1]}"),
+                   ("Model", config["model"]), ("Backend", denoiser.name), ("Artifact", os.path.basename(artifact))]
+        return parameters_line(fields + ([("Class", classes)] if conditional else []) + [("Clip x0", args.clip_x0)])
+
     if grid:
         out_dir = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(out_dir, exist_ok=True)
-        save_png(args.out, make_grid(images, args.nrow), {**text, "drwkv.classes": ",".join(label_names)})
+        nrow = args.nrow or math.ceil(math.sqrt(len(images)))
+        picture = make_grid(images, nrow)
+        grid_text = {"drwkv.classes": ",".join(label_names), "drwkv.first_image": args.first_image,
+                     "drwkv.num_images": len(images), "drwkv.nrow": nrow}
+        if conditional:
+            grid_text["drwkv.labels"] = ",".join(str(c) for c in labels)
+        line = parameters(",".join(label_names))
+        save_png(args.out, picture, {**text, **grid_text, "parameters": f"{line}, Images: {len(images)}, "
+                                                                        f"First image: {args.first_image}"})
         written = args.out
     else:
-        for i, (image, name) in enumerate(zip(images, label_names)):
+        for i, image, label, name in zip(numbers, images, labels, label_names):
             safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+            image_text = {"drwkv.index": i, "drwkv.class": name, **({"drwkv.label": int(label)} if conditional else {})}
             save_png(os.path.join(args.out, f"{i:04d}_{safe}.png"), image,
-                     {**text, "drwkv.index": i, "drwkv.class": name})
+                     {**text, **image_text, "parameters": f"{parameters(name)}, Image: {i}"})
         written = f"{len(images)} PNGs in {args.out}"
 
     total_steps = len(batches) * sampler.steps
@@ -172,12 +206,55 @@ def run(args):
           f"{len(images) / sample_s:.2f} images/s; model load {load_s:.2f} s -> {written}", file=sys.stderr)
 
 
+_BACKEND_FLAGS = {"tensorrt": "--engine", "onnxruntime": "--onnx", "torch": "--ckpt"}
+
+
+def regenerate_command(text):
+    """The drwkv-infer arguments that make an image again from its drwkv.* text chunks (its artifact by
+    file name, written to regenerated.png or the directory regenerated/); ValueError if they are not there."""
+    try:
+        backend = _BACKEND_FLAGS[text["drwkv.backend"]]
+        args = [backend, text["drwkv.artifact"], "--sampler", text["drwkv.sampler"], "--steps", text["drwkv.steps"]]
+        if text["drwkv.sampler"] == "ddim":
+            args += ["--eta", text["drwkv.eta"]]
+        args += ["--cfg-scale", text["drwkv.cfg_scale"], "--seed", text["drwkv.seed"],
+                 "--batch-size", text["drwkv.batch_size"]]
+        args += [] if text["drwkv.clip_x0"] == "True" else ["--no-clip"]
+        if "drwkv.index" in text:  # one image of a directory run
+            labels, first, count = [text.get("drwkv.label")], int(text["drwkv.index"]), 1
+            out = ["--out", "regenerated"]
+        else:
+            first, count = int(text["drwkv.first_image"]), int(text["drwkv.num_images"])
+            labels = text["drwkv.labels"].split(",") if "drwkv.labels" in text else [None]
+            out = ["--nrow", text["drwkv.nrow"], "--out", "regenerated.png"]
+    except KeyError as e:
+        raise ValueError(f"the image lacks the drwkv-infer setting {e.args[0]} (not written by drwkv-infer?)") from None
+    if labels[0] is not None:  # image i has class i mod len(classes): rotate so that image `first` gets labels[0]
+        args += ["--class", ",".join(labels[(j - first) % len(labels)] for j in range(len(labels)))]
+    return args + ["--num-images", str(count), "--first-image", str(first)] + out
+
+
+def info(path):
+    """--info: the image's settings (its parameters line, then the command that makes it again) on stdout."""
+    from drwkv.png import read_text
+
+    text = read_text(path)
+    if "drwkv.sampler" not in text:
+        raise ValueError(f"{path} has no drwkv-infer settings")
+    command = regenerate_command(text)
+    print(text.get("parameters", ""))
+    print(" ".join(shlex.quote(a) for a in [PROG] + command))
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(args, parser)
     try:
-        run(args)
+        if args.info is not None:
+            info(args.info)
+        else:
+            run(args)
     except KeyboardInterrupt:
         return 130
     except (ValueError, RuntimeError, OSError) as e:  # drwkv.runtime.ArtifactError is a ValueError

@@ -1,4 +1,13 @@
-"""Sampled images to PNG files: [-1, 1] floats to 8-bit, grids, and generation parameters in tEXt chunks."""
+"""Sampled images to PNG files: [-1, 1] floats to 8-bit, grids, and generation parameters in tEXt chunks.
+
+Two kinds of text chunk carry the settings: ``drwkv.*`` chunks, one value each (what drwkv-infer
+--info reads back), and one ``parameters`` chunk, a single line of "Name: value" pairs separated by
+", " in the style image galleries and viewers show (values holding a comma, colon or quote are
+JSON-quoted):
+
+    Steps: 20, Sampler: dpm++2m, CFG scale: 1.5, Seed: 0, Size: 32x32, Model: DRWKV-T/4, ...
+"""
+import json
 import math
 
 import numpy as np
@@ -38,3 +47,25 @@ def save_png(path, image, text=None):
         info.add_text(key, str(value))
     pixels = image[:, :, 0] if image.shape[2] == 1 else image
     Image.fromarray(pixels).save(path, pnginfo=info)
+
+
+def parameters_line(fields):
+    """The single-line ``parameters`` text of (name, value) pairs: "Name: value, Name: value"."""
+    def quoted(value):
+        value = str(value)
+        return json.dumps(value) if any(ch in value for ch in ',:"') else value
+    return ", ".join(f"{name}: {quoted(value)}" for name, value in fields)
+
+
+def read_text(path):
+    """The tEXt chunks of a PNG file as a dict; ValueError (one line) for a missing or non-PNG file."""
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise ValueError(f"{path} is a {image.format} image, not a PNG")
+            image.load()  # text chunks after the image data are read with it
+            return dict(image.text)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, SyntaxError) as e:  # PIL: UnidentifiedImageError (an OSError), truncated or corrupt chunks
+        raise ValueError(f"{path} is not a readable PNG ({e})") from None

@@ -3,6 +3,8 @@
 //   drwkv_generate model.plan --plugin libdrwkv_trt_plugin.so --sampler ddim --steps 50
 //                  --cfg 1.5 --classes 0,1,2,3 --seed 0 --out-dir samples
 //
+// Image k (k = 0, 1, ...) is image first-image + k of the run with that seed (drwkv/noise.h): the same
+// image as drwkv-infer's with that number, seed and class.
 // Pixel-space models only (1 or 3 channels): a latent model's output needs its decoder.
 #include <cstdio>
 #include <cstdlib>
@@ -28,6 +30,7 @@ struct Options {
   float cfg = 1.0f;
   std::vector<int64_t> classes = {0};
   uint64_t seed = 0;
+  uint64_t first_image = 0;
   std::string out_dir = ".";
 };
 
@@ -35,7 +38,8 @@ struct Options {
   std::fprintf(stderr,
                "drwkv_generate: %s\n"
                "usage: drwkv_generate model.plan [--plugin PATH] [--sampler ddpm|ddim|dpm++2m] [--steps N]\n"
-               "                      [--eta E] [--no-clip] [--cfg S] [--classes 0,1,...] [--seed N] [--out-dir DIR]\n"
+               "                      [--eta E] [--no-clip] [--cfg S] [--classes 0,1,...] [--seed N] [--first-image N]\n"
+               "                      [--out-dir DIR]\n"
                "The plugin library defaults to $DRWKV_TRT_PLUGIN, else libdrwkv_trt_plugin.so on the library path.\n",
                problem);
   std::exit(2);
@@ -68,6 +72,7 @@ Options parse(int argc, char** argv) {
       else if (arg == "--cfg") o.cfg = std::stof(value());
       else if (arg == "--classes") o.classes = parse_classes(value());
       else if (arg == "--seed") o.seed = std::stoull(value());
+      else if (arg == "--first-image") o.first_image = std::stoull(value());
       else if (arg == "--out-dir") o.out_dir = value();
       else if (!arg.empty() && arg[0] != '-' && o.plan.empty()) o.plan = arg;
       else usage(("unexpected argument " + arg).c_str());
@@ -94,7 +99,7 @@ int main(int argc, char** argv) {
         throw std::runtime_error("class " + std::to_string(label) + " outside 0.." + std::to_string(config.num_classes));
 
     std::unique_ptr<drwkv::Sampler> sampler = drwkv::make_sampler(o.sampler, config.schedule, o.steps, o.eta, o.clip_x0);
-    std::vector<float> const images = drwkv::generate(engine, *sampler, o.classes, o.cfg, o.seed);
+    std::vector<float> const images = drwkv::generate(engine, *sampler, o.classes, o.cfg, o.seed, o.first_image);
 
     std::filesystem::create_directories(o.out_dir);
     int const C = config.in_channels, S = config.image_size;
