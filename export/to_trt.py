@@ -1,13 +1,20 @@
-"""Build a TensorRT engine of an exported denoiser (or of a checkpoint, exported to ONNX first).
+"""Build a TensorRT engine of an exported denoiser (or of a checkpoint, exported to ONNX first), and
+of its VAE decoder when it has one.
 
     python -m export.to_trt model.onnx -o model.plan
     python -m export.to_trt ckpt.pt -o model.plan --dtype fp16          # writes model.onnx next to the plan
     python -m export.to_trt model.onnx -o model.plan --max-batch 16 --timing-cache trt.cache
+    python -m export.to_trt model.onnx -o model.plan --vae-max-tile 96  # decoder tiles up to 96 latent pixels
 
 Writes the serialized engine (``model.plan``) and its JSON sidecar (``model.plan.json``): the model
 config from the ONNX metadata, the TensorRT version, the GPU name and compute capability, the
 plugin's name and version, the precision and the batch profile. ``drwkv.runtime.tensorrt`` checks
 the sidecar before it loads the plan.
+
+A latent model's ``model.vae_decoder.onnx`` (next to the ONNX model) becomes ``model.vae_decoder.plan``
+with its own sidecar (VAE weights' sha256, downsampling, channels, profile). Its profile ranges over
+the batch (--vae-min-batch .. --vae-max-batch) and the tile size in latent pixels (--vae-min-tile ..
+--vae-max-tile, square or not); the runtimes decode larger latents in tiles of at most the largest.
 
 The BiWKV nodes (domain drwkv) reach our plugin through the ONNX parser's fallback importer, which
 looks the op_type up in the plugin registry: the plugin library (--plugin, default: the built
@@ -23,6 +30,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from drwkv.runtime.base import AUTO_TILE, decoder_path
 
 
 class BuildError(RuntimeError):
@@ -49,15 +58,87 @@ def build_engine(onnx_path, plan_path, plugin=None, min_batch=1, opt_batch=8, ma
     import tensorrt as trt
 
     from drwkv.runtime import tensorrt as backend
-    from drwkv.runtime.onnx import read_onnx
+    from drwkv.runtime.onnx import DECODER_FILE_KEY, VAE_SHA256_KEY, read_onnx
 
-    if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise ValueError(f"need 1 <= min-batch <= opt-batch <= max-batch, got {min_batch}, {opt_batch}, {max_batch}")
+    _check_range("batch", min_batch, opt_batch, max_batch)
     model, config = read_onnx(onnx_path)
     meta = {p.key: p.value for p in model.metadata_props}
     nodes = _check_bi_wkv_nodes(model, onnx_path)
     del model  # the parser reads the file itself (external weights included)
     library = backend.load_plugin_library(plugin)
+
+    def profile(tensor):
+        rest = list(tensor.shape)[1:]  # only the batch dimension is dynamic in a drwkv export
+        if any(d < 0 for d in rest):
+            raise BuildError(f"{onnx_path}: input {tensor.name} has dynamic dimensions besides the batch: "
+                             f"{list(tensor.shape)}")
+        return [min_batch, *rest], [opt_batch, *rest], [max_batch, *rest]
+
+    _build_plan(onnx_path, plan_path, profile, workspace_mib, timing_cache, verbose)
+    sidecar = {
+        "format": backend.SIDECAR_FORMAT,
+        "config": config,
+        "tensorrt_version": trt.__version__,
+        **backend.gpu_identity(),
+        "plugin": {"name": backend.PLUGIN_NAME, "version": backend.PLUGIN_VERSION, "library": str(library)},
+        "bi_wkv_nodes": nodes,
+        "precision": meta.get("drwkv.dtype", "fp32"),
+        "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch},
+        "onnx": os.path.abspath(onnx_path),
+    }
+    if config.get("latent"):  # the decoder this model's ties to, as its ONNX export names it
+        sidecar["vae_sha256"] = meta.get(VAE_SHA256_KEY, config["latent"].get("vae_sha256"))
+        if DECODER_FILE_KEY in meta:
+            sidecar["vae_decoder"] = os.path.basename(decoder_path(plan_path))
+    _write_atomically(backend.sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return sidecar
+
+
+def build_decoder_engine(onnx_path, plan_path, min_batch=1, opt_batch=1, max_batch=4, min_tile=2, opt_tile=64,
+                         max_tile=64, workspace_mib=4096, timing_cache=None, verbose=False):
+    """Build ``plan_path`` (and its sidecar) from a drwkv ONNX VAE decoder; returns the sidecar dict.
+    Tiles are in latent pixels: the profile takes [B, c, h, w] with min_tile <= h, w <= max_tile."""
+    import tensorrt as trt
+
+    from drwkv.runtime import tensorrt as backend
+    from drwkv.runtime.onnx import VAE_SHA256_KEY, read_onnx_decoder
+
+    _check_range("batch", min_batch, opt_batch, max_batch)
+    _check_range("tile", min_tile, opt_tile, max_tile)
+    _, meta = read_onnx_decoder(onnx_path)
+    channels = int(meta["drwkv.vae_channels"])
+
+    def profile(tensor):
+        return ([min_batch, channels, min_tile, min_tile], [opt_batch, channels, opt_tile, opt_tile],
+                [max_batch, channels, max_tile, max_tile])
+
+    _build_plan(onnx_path, plan_path, profile, workspace_mib, timing_cache, verbose)
+    sidecar = {
+        "format": backend.DECODER_SIDECAR_FORMAT,
+        "vae_sha256": meta[VAE_SHA256_KEY],
+        "downsample": int(meta["drwkv.vae_downsample"]),
+        "latent_channels": channels,
+        "image_channels": int(meta["drwkv.vae_image_channels"]),
+        "tensorrt_version": trt.__version__,
+        **backend.gpu_identity(),
+        "precision": meta.get("drwkv.dtype", "fp32"),
+        "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
+                    "min_tile": min_tile, "opt_tile": opt_tile, "max_tile": max_tile},
+        "onnx": os.path.abspath(onnx_path),
+    }
+    _write_atomically(backend.sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return sidecar
+
+
+def _check_range(what, low, opt, high):
+    if not 1 <= low <= opt <= high:
+        raise ValueError(f"need 1 <= min-{what} <= opt-{what} <= max-{what}, got {low}, {opt}, {high}")
+
+
+def _build_plan(onnx_path, plan_path, profile, workspace_mib, timing_cache, verbose):
+    """Parse ``onnx_path`` and write its serialized engine to ``plan_path``; ``profile(input tensor)``
+    gives the (min, opt, max) shapes of each input."""
+    import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -72,15 +153,11 @@ def build_engine(onnx_path, plan_path, plugin=None, min_batch=1, opt_batch=8, ma
 
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    profile = builder.create_optimization_profile()
+    optimization_profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        rest = list(tensor.shape)[1:]  # only the batch dimension is dynamic in a drwkv export
-        if any(d < 0 for d in rest):
-            raise BuildError(f"{onnx_path}: input {tensor.name} has dynamic dimensions besides the batch: "
-                             f"{list(tensor.shape)}")
-        profile.set_shape(tensor.name, [min_batch, *rest], [opt_batch, *rest], [max_batch, *rest])
-    builder_config.add_optimization_profile(profile)
+        optimization_profile.set_shape(tensor.name, *profile(tensor))
+    builder_config.add_optimization_profile(optimization_profile)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
     builder_config.set_timing_cache(builder_config.create_timing_cache(cache_bytes), ignore_mismatch=False)
 
@@ -90,20 +167,6 @@ def build_engine(onnx_path, plan_path, plugin=None, min_batch=1, opt_batch=8, ma
     _write_atomically(plan_path, bytes(serialized))
     if timing_cache:
         _write_atomically(timing_cache, bytes(builder_config.get_timing_cache().serialize()))
-
-    sidecar = {
-        "format": backend.SIDECAR_FORMAT,
-        "config": config,
-        "tensorrt_version": trt.__version__,
-        **backend.gpu_identity(),
-        "plugin": {"name": backend.PLUGIN_NAME, "version": backend.PLUGIN_VERSION, "library": str(library)},
-        "bi_wkv_nodes": nodes,
-        "precision": meta.get("drwkv.dtype", "fp32"),
-        "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch},
-        "onnx": os.path.abspath(onnx_path),
-    }
-    _write_atomically(backend.sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())
-    return sidecar
 
 
 def _write_atomically(path, data):
@@ -130,6 +193,15 @@ def main(argv=None):
                         help="builder workspace limit in MiB (default 4096)")
     parser.add_argument("--timing-cache", help="timing cache file: read when it exists, written after the build")
     parser.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
+    vae = parser.add_argument_group("VAE decoder (latent models: model.vae_decoder.onnx next to the ONNX model)")
+    vae.add_argument("--vae-min-batch", type=int, default=1, help="smallest decoder batch (default 1)")
+    vae.add_argument("--vae-opt-batch", type=int, default=1, help="decoder batch TensorRT tunes for (default 1)")
+    vae.add_argument("--vae-max-batch", type=int, default=4, help="largest decoder batch (default 4)")
+    vae.add_argument("--vae-min-tile", type=int, default=2, help="smallest tile side, latent pixels (default 2)")
+    vae.add_argument("--vae-opt-tile", type=int, default=None,
+                     help=f"tile side TensorRT tunes for (default: the model's latent size, at most {AUTO_TILE})")
+    vae.add_argument("--vae-max-tile", type=int, default=AUTO_TILE,
+                     help=f"largest tile side; larger latents decode in tiles of it (default {AUTO_TILE})")
     args = parser.parse_args(argv)
 
     # Check the toolchain before any work: the import states what is missing in one line.
@@ -142,6 +214,7 @@ def main(argv=None):
                        f"(pip install tensorrt), cuda-python and onnx on a machine with an NVIDIA GPU\n")
 
     from drwkv.runtime.base import ArtifactError
+    from drwkv.runtime.onnx import read_onnx
 
     source = Path(args.source)
     try:
@@ -156,14 +229,33 @@ def main(argv=None):
             onnx_path = Path(args.output).with_suffix(".onnx")
             export_onnx(source, onnx_path, dtype=args.dtype or "fp32")
             print(f"exported {onnx_path}", file=sys.stderr)
+        _, config = read_onnx(onnx_path)
+        decoder_onnx = decoder_path(onnx_path)
+        with_decoder = bool(config.get("latent")) and os.path.isfile(decoder_onnx)
+        if with_decoder:  # flags checked before the first build
+            opt_tile = args.vae_opt_tile or max(args.vae_min_tile, min(int(config["image_size"]), args.vae_max_tile))
+            _check_range("batch", args.vae_min_batch, args.vae_opt_batch, args.vae_max_batch)
+            _check_range("tile", args.vae_min_tile, opt_tile, args.vae_max_tile)
         sidecar = build_engine(onnx_path, args.output, args.plugin, args.min_batch, args.opt_batch, args.max_batch,
                                args.workspace, args.timing_cache, args.verbose)
+        if with_decoder:
+            decoder = build_decoder_engine(decoder_onnx, decoder_path(args.output), args.vae_min_batch,
+                                           args.vae_opt_batch, args.vae_max_batch, args.vae_min_tile, opt_tile,
+                                           args.vae_max_tile, args.workspace, args.timing_cache, args.verbose)
     except (ArtifactError, BuildError, FileNotFoundError, ImportError, RuntimeError, ValueError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     config, profile = sidecar["config"], sidecar["profile"]
     print(f"wrote {args.output}: {config['model']} {config['image_size']}px, {sidecar['precision']}, "
           f"batch {profile['min_batch']}..{profile['max_batch']}, TensorRT {sidecar['tensorrt_version']} on "
           f"{sidecar['gpu']} (sm {sidecar['compute_capability']})", file=sys.stderr)
+    if with_decoder:
+        p = decoder["profile"]
+        print(f"wrote {decoder_path(args.output)}: VAE decoder, {decoder['precision']}, batch "
+              f"{p['min_batch']}..{p['max_batch']}, tiles {p['min_tile']}..{p['max_tile']} latent pixels",
+              file=sys.stderr)
+    elif config.get("latent"):
+        print(f"no VAE decoder engine built: {decoder_onnx} is missing (export it with python -m export.to_onnx "
+              f"CKPT -o {onnx_path} --vae FOLDER)", file=sys.stderr)
 
 
 if __name__ == "__main__":
