@@ -1,6 +1,7 @@
 import gzip
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -180,3 +181,47 @@ def test_eval_prints_fid_and_accuracy(full_run, tmp_path):
     assert 0 <= float(table["classifier accuracy on samples"]) <= 1
     assert float(table["classifier accuracy on test split"]) > 0.8  # the reference classifier works on digits
     assert os.listdir(tmp_path) == ["classifier-digits-8px.pt"]
+
+
+# ----------------------------------------------------------------------------- previews
+def train_in_process(monkeypatch, out, *extra):
+    from training import train
+    monkeypatch.setattr(sys, "argv", ["train", *TINY, "--out", str(out), *map(str, extra)])
+    train.main()
+
+
+def test_previews_sample_any_step_count_after_the_checkpoint(tmp_path, monkeypatch):
+    # --sample-every 0: no previews at all, not even at the end.
+    train_in_process(monkeypatch, tmp_path / "off", "--steps", 1, "--sample-every", 0, "--ckpt-every", 0,
+                     "--sample-steps", 1)
+    assert (tmp_path / "off" / "ckpt.pt").is_file() and os.listdir(tmp_path / "off" / "samples") == []
+    # Step counts that DDIM's even striding cannot take (1, 600) sample like drwkv-infer does.
+    for steps in (1, 600):
+        out = tmp_path / f"steps{steps}"
+        train_in_process(monkeypatch, out, "--steps", 1, "--sample-every", 1, "--sample-steps", steps)
+        assert os.listdir(out / "samples") == ["step_0000001.png"]
+
+
+def test_a_failing_preview_is_one_line_and_costs_no_checkpoint(tmp_path, monkeypatch, capsys):
+    from training import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder out of memory\nsecond line")
+    monkeypatch.setattr(train, "generate", broken)
+    train_in_process(monkeypatch, tmp_path, "--steps", 2, "--sample-every", 1)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2
+    failures = [line for line in capsys.readouterr().err.splitlines() if "sample grid failed" in line]
+    assert failures == [f"step {s}: sample grid failed (RuntimeError: decoder out of memory second line)" for s in (1, 2)]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--sample-steps", 0, "--sample-steps must be at least 1, got 0"),
+    ("--sample-steps", 1001, "--sample-steps 1001 exceeds the 1000 diffusion timesteps"),
+    ("--steps", 0, "--steps must be at least 1, got 0"),
+    ("--ema-decay", 1.5, "--ema-decay must be between 0 and 1, got 1.5"),
+    ("--latent-cache", "/tmp/x", "--latent-cache needs --vae"),
+])
+def test_bad_flags_stop_before_training(tmp_path, monkeypatch, flag, value, message):
+    with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
+        train_in_process(monkeypatch, tmp_path / "out", "--steps", 2, flag, value)
+    assert not (tmp_path / "out").exists()

