@@ -37,10 +37,10 @@ def test_without_tensorrt_the_plugin_and_engine_runtime_are_skipped(tmp_path):
                 f"-DTensorRT_INCLUDE_DIR={tmp_path / 'no-tensorrt'}"], env=env).stdout
     assert "drwkv: TensorRT not found, skipping the BiWKV plugin (set TensorRT_ROOT or TensorRT_INCLUDE_DIR)" in out
     assert "drwkv: TensorRT not found, building the C++ samplers without the engine runtime" in out
-    built = _run(["cmake", "--build", tmp_path, "--target", "drwkv_samplers", "test_sidecar_json"])
+    built = _run(["cmake", "--build", tmp_path, "--target", "drwkv_samplers", "test_sidecar_json", "test_tiling"])
     assert not _our_warnings(built, "cpp/runtime/", "cpp/tests/")
     tests = _run(["ctest", "--test-dir", tmp_path / "cpp" / "tests", "--output-on-failure"]).stdout
-    assert "sidecar_json" in tests and "100% tests passed" in tests
+    assert "sidecar_json" in tests and "tiling" in tests and "100% tests passed" in tests
 
 
 @needs_cmake
@@ -54,7 +54,7 @@ def test_plugin_and_engine_runtime_build_and_pass_ctest(tmp_path):
                  *(f"-D{k}={v}" for k, v in TRT_HINTS.items())]
     out = _run(configure).stdout
     assert "drwkv: TensorRT" in out and "headers in" in out
-    targets = ["drwkv_trt_plugin", "test_bi_wkv_plugin", "drwkv_runtime", "test_sidecar_json"]
+    targets = ["drwkv_trt_plugin", "test_bi_wkv_plugin", "drwkv_runtime", "test_sidecar_json", "test_tiling"]
     built = _run(["cmake", "--build", build, "-j2", "--target", *targets])
     # The example app links libnvinfer, which a headers-only setup lacks: compile it without linking.
     example = _run(["make", "-C", build / "cpp" / "runtime", "examples/generate.cpp.o"])

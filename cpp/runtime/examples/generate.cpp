@@ -4,8 +4,9 @@
 //                  --cfg 1.5 --classes 0,1,2,3 --seed 0 --out-dir samples
 //
 // Image k (k = 0, 1, ...) is image first-image + k of the run with that seed (drwkv/noise.h): the same
-// image as drwkv-infer's with that number, seed and class.
-// Pixel-space models only (1 or 3 channels): a latent model's output needs its decoder.
+// image as drwkv-infer's with that number, seed and class. A latent model's samples go through its
+// VAE decoder engine (model.vae_decoder.plan next to the model, or --vae-decoder), in tiles of
+// --vae-tile latent pixels overlapping by --vae-tile-overlap, and are written as RGB (or grey) PNGs.
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "drwkv/decoder.h"
 #include "drwkv/engine.h"
 #include "drwkv/png.h"
 #include "drwkv/samplers.h"
@@ -26,12 +28,15 @@ struct Options {
   std::string sampler = "ddim";
   int steps = 50;
   double eta = 0.0;
-  bool clip_x0 = true;
+  bool no_clip = false;  // pixel models clip the predicted x0 to [-1, 1], latent models never do
   float cfg = 1.0f;
   std::vector<int64_t> classes = {0};
   uint64_t seed = 0;
   uint64_t first_image = 0;
   std::string out_dir = ".";
+  std::string vae_decoder;  // empty: the one next to the model
+  int vae_tile = 0;         // 0: the decoder's default
+  int vae_tile_overlap = -1;
 };
 
 [[noreturn]] void usage(char const* problem) {
@@ -39,7 +44,7 @@ struct Options {
                "drwkv_generate: %s\n"
                "usage: drwkv_generate model.plan [--plugin PATH] [--sampler ddpm|ddim|dpm++2m] [--steps N]\n"
                "                      [--eta E] [--no-clip] [--cfg S] [--classes 0,1,...] [--seed N] [--first-image N]\n"
-               "                      [--out-dir DIR]\n"
+               "                      [--out-dir DIR] [--vae-decoder PLAN] [--vae-tile N] [--vae-tile-overlap N]\n"
                "The plugin library defaults to $DRWKV_TRT_PLUGIN, else libdrwkv_trt_plugin.so on the library path.\n",
                problem);
   std::exit(2);
@@ -68,7 +73,15 @@ Options parse(int argc, char** argv) {
       else if (arg == "--sampler") o.sampler = value();
       else if (arg == "--steps") o.steps = std::stoi(value());
       else if (arg == "--eta") o.eta = std::stod(value());
-      else if (arg == "--no-clip") o.clip_x0 = false;
+      else if (arg == "--no-clip") o.no_clip = true;
+      else if (arg == "--vae-decoder") o.vae_decoder = value();
+      else if (arg == "--vae-tile") {
+        o.vae_tile = std::stoi(value());
+        if (o.vae_tile <= 0) usage("--vae-tile must be at least 1");
+      } else if (arg == "--vae-tile-overlap") {
+        o.vae_tile_overlap = std::stoi(value());
+        if (o.vae_tile_overlap < 0) usage("--vae-tile-overlap must be at least 0");
+      }
       else if (arg == "--cfg") o.cfg = std::stof(value());
       else if (arg == "--classes") o.classes = parse_classes(value());
       else if (arg == "--seed") o.seed = std::stoull(value());
@@ -81,6 +94,7 @@ Options parse(int argc, char** argv) {
     }
   }
   if (o.plan.empty()) usage("no engine given");
+  if (o.vae_tile > 0 && o.vae_tile_overlap >= o.vae_tile) usage("--vae-tile-overlap must be below --vae-tile");
   return o;
 }
 
@@ -91,18 +105,32 @@ int main(int argc, char** argv) {
   try {
     drwkv::Engine engine(o.plan, o.plugin);
     drwkv::ModelConfig const& config = engine.config();
-    if (config.in_channels != 1 && config.in_channels != 3)
-      throw std::runtime_error("model " + config.model + " has " + std::to_string(config.in_channels) +
-                               " channels; this example writes pixel-space (1 or 3 channel) images only");
+    bool const latent = config.latent_downsample > 0;
+    // Checked before sampling: a missing or mismatched decoder costs no denoiser steps.
+    std::unique_ptr<drwkv::Decoder> decoder;
+    if (latent) decoder = drwkv::load_decoder(o.plan, config, o.vae_decoder);
+    else if (!o.vae_decoder.empty() || o.vae_tile != 0 || o.vae_tile_overlap != -1)
+      throw std::runtime_error(o.plan + " is a pixel-space model: it takes no VAE decoder or tiles");
+    if (config.image_channels != 1 && config.image_channels != 3)
+      throw std::runtime_error("model " + config.model + " makes " + std::to_string(config.image_channels) +
+                               "-channel images; PNGs take 1 or 3");
     for (int64_t label : o.classes)
       if (label < 0 || label > config.num_classes)
         throw std::runtime_error("class " + std::to_string(label) + " outside 0.." + std::to_string(config.num_classes));
 
-    std::unique_ptr<drwkv::Sampler> sampler = drwkv::make_sampler(o.sampler, config.schedule, o.steps, o.eta, o.clip_x0);
-    std::vector<float> const images = drwkv::generate(engine, *sampler, o.classes, o.cfg, o.seed, o.first_image);
+    std::unique_ptr<drwkv::Sampler> sampler = drwkv::make_sampler(o.sampler, config.schedule, o.steps, o.eta,
+                                                                  !latent && !o.no_clip);
+    std::vector<float> images = drwkv::generate(engine, *sampler, o.classes, o.cfg, o.seed, o.first_image);
+    int const C = config.image_channels, S = config.image_size * (latent ? config.latent_downsample : 1);
+    if (latent) {
+      std::vector<float> pixels(o.classes.size() * size_t(C * S * S));
+      int64_t const tiles = decoder->decode(int64_t(o.classes.size()), config.image_size, config.image_size,
+                                            images.data(), pixels.data(), o.vae_tile, o.vae_tile_overlap);
+      std::fprintf(stderr, "drwkv_generate: decoded %zu images in %lld VAE tiles\n", o.classes.size(), (long long)tiles);
+      images.swap(pixels);
+    }
 
     std::filesystem::create_directories(o.out_dir);
-    int const C = config.in_channels, S = config.image_size;
     for (size_t i = 0; i < o.classes.size(); ++i) {
       std::vector<uint8_t> const pixels = drwkv::image_to_uint8(images.data() + i * size_t(C * S * S), C, S, S);
       std::string const path = o.out_dir + "/sample_" + std::to_string(i) + "_class_" + std::to_string(o.classes[i]) + ".png";

@@ -5,69 +5,24 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <fstream>
-#include <iterator>
 #include <stdexcept>
 
-#include "json.h"
+#include "trt_util.h"
 
 namespace drwkv {
 namespace {
 
-constexpr char const* kSidecarFormat = "drwkv-tensorrt-engine";
+using trt::check_cuda;
+using trt::shape;
+
 constexpr char const* kIoNames[] = {"x", "t", "y", "out"};
 
-void check_cuda(cudaError_t status, char const* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
-
-class Logger : public nvinfer1::ILogger {
- public:
-  void log(Severity severity, char const* message) noexcept override {
-    if (severity <= Severity::kWARNING) std::fprintf(stderr, "TensorRT: %s\n", message);
-  }
-};
-
-std::string read_file(std::string const& path, char const* what) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::runtime_error(std::string(what) + " not found: " + path);
-  return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
-}
-
-json::Value const& member(json::Value const& object, std::string const& key, json::Value::Type type,
-                          std::string const& source) {
-  json::Value const* v = object.find(key);
-  if (v == nullptr || v->type != type) throw std::runtime_error(source + ": sidecar lacks a valid \"" + key + "\"");
-  return *v;
-}
-
-// Reads the sidecar and refuses a plan built by another TensorRT version or for another GPU.
+// Reads the sidecar (refusing a plan built by another TensorRT version or for another GPU).
 ModelConfig read_sidecar(std::string const& plan_path, int device) {
   using Type = json::Value::Type;
+  using trt::member;
   std::string const path = plan_path + ".json";
-  json::Value const doc = json::parse(read_file(path, "engine sidecar (written by python -m export.to_trt)"));
-  json::Value const* format = doc.find("format");
-  if (format == nullptr || format->string != kSidecarFormat)
-    throw std::runtime_error(path + ": not a drwkv engine sidecar");
-
-  // The sidecar holds TensorRT's Python version string, e.g. "10.16.1.11": compare major.minor.patch.
-  std::string const built = member(doc, "tensorrt_version", Type::kString, path).string;
-  std::string const here = std::to_string(getInferLibMajorVersion()) + "." + std::to_string(getInferLibMinorVersion()) +
-                           "." + std::to_string(getInferLibPatchVersion());
-  if (built.compare(0, here.size(), here) != 0 || (built.size() > here.size() && built[here.size()] != '.'))
-    throw std::runtime_error(plan_path + " was built with TensorRT " + built + ", this is TensorRT " + here +
-                             ": rebuild it here with python -m export.to_trt");
-
-  cudaDeviceProp props{};
-  check_cuda(cudaGetDeviceProperties(&props, device), "cudaGetDeviceProperties");
-  std::string const gpu = props.name;
-  std::string const capability = std::to_string(props.major) + "." + std::to_string(props.minor);
-  std::string const built_gpu = member(doc, "gpu", Type::kString, path).string;
-  std::string const built_capability = member(doc, "compute_capability", Type::kString, path).string;
-  if (built_gpu != gpu || built_capability != capability)
-    throw std::runtime_error(plan_path + " was built for " + built_gpu + " (compute capability " + built_capability +
-                             "), this GPU is " + gpu + " (" + capability + "): rebuild it here with python -m export.to_trt");
+  json::Value const doc = trt::read_checked_sidecar(plan_path, "drwkv-tensorrt-engine", device);
 
   json::Value const& c = member(doc, "config", Type::kObject, path);
   ModelConfig config;
@@ -87,31 +42,30 @@ ModelConfig read_sidecar(std::string const& plan_path, int device) {
     if (json::Value const* v = diffusion->find("beta_start")) config.schedule.beta_start = v->number;
     if (json::Value const* v = diffusion->find("beta_end")) config.schedule.beta_end = v->number;
   }
+  config.image_channels = config.in_channels;
+  if (json::Value const* latent = c.find("latent"); latent != nullptr && latent->type == Type::kObject) {
+    config.latent_downsample = int(member(*latent, "downsample", Type::kNumber, path).number);
+    json::Value const* pixels = latent->find("in_channels");  // the VAE's image channels (RGB when absent)
+    config.image_channels = pixels != nullptr && pixels->type == Type::kNumber ? int(pixels->number) : 3;
+    json::Value const* exported = doc.find("vae_sha256");    // the export may tie it to another VAE (--force)
+    config.vae_sha256 = exported != nullptr && exported->type == Type::kString
+                            ? exported->string : member(*latent, "vae_sha256", Type::kString, path).string;
+    if (json::Value const* file = doc.find("vae_decoder"); file != nullptr && file->type == Type::kString)
+      config.vae_decoder = file->string;
+  }
   return config;
 }
-
-nvinfer1::Dims shape(std::initializer_list<int64_t> extents) {
-  nvinfer1::Dims d{};
-  for (int64_t e : extents) d.d[d.nbDims++] = e;
-  return d;
-}
-
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  void allocate(size_t bytes) { check_cuda(cudaMalloc(&ptr, bytes), "cudaMalloc"); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-};
 
 }  // namespace
 
 struct Engine::Impl {
   ModelConfig config;
-  Logger logger;
+  trt::Logger logger;
   // Declared in creation order: destroyed context first, runtime last.
   std::unique_ptr<nvinfer1::IRuntime> runtime;
   std::unique_ptr<nvinfer1::ICudaEngine> engine;
   std::unique_ptr<nvinfer1::IExecutionContext> context;
-  DeviceBuffer x, t, y, out;
+  trt::DeviceBuffer x, t, y, out;
   cudaStream_t stream = nullptr;
   int min_batch = 0, max_batch = 0;
 
@@ -132,7 +86,7 @@ Engine::Engine(std::string const& plan_path, std::string const& plugin_path, int
   if (registry.getCreator("BiWKV", "1", "") == nullptr && registry.loadLibrary(plugin_path.c_str()) == nullptr)
     throw std::runtime_error("TensorRT could not load the BiWKV plugin library " + plugin_path);
 
-  std::string const plan = read_file(plan_path, "TensorRT engine");
+  std::string const plan = trt::read_file(plan_path, "TensorRT engine");
   m.engine.reset(m.runtime->deserializeCudaEngine(plan.data(), plan.size()));
   if (!m.engine) throw std::runtime_error(plan_path + ": TensorRT could not deserialize the engine (see its log)");
   for (char const* name : kIoNames) {

@@ -21,6 +21,11 @@ struct ModelConfig {
   bool learn_sigma = false;
   int guidance_channels = 0;  // channels classifier-free guidance acts on ("guidance_channels"; in_channels if absent)
   ScheduleConfig schedule;
+  // A latent model's VAE (config["latent"]); latent_downsample is 0 for a pixel-space model.
+  int latent_downsample = 0;
+  int image_channels = 0;   // of the decoded images (in_channels of a pixel-space model)
+  std::string vae_sha256;   // of the VAE weights its decoder must come from
+  std::string vae_decoder;  // the decoder plan's file name next to the engine, when the sidecar names one
   int out_channels() const { return learn_sigma ? 2 * in_channels : in_channels; }
 };
 
