@@ -285,3 +285,19 @@ def test_paper_configuration_builds_through_sd_vae_architecture(tmp_path):
         "--latent-cache", tmp_path / "cache", "--out", out_dir)
     cfg = torch.load(out_dir / "ckpt.pt", weights_only=True)["config"]
     assert (cfg["image_size"], cfg["in_channels"], cfg["latent"]["image_size"]) == (32, 4, 256)
+
+
+def test_two_ranks_encode_the_cache_and_train_as_one_process(latent_run, digits_vae, tmp_path):
+    # Each torchrun rank encodes its share of a fresh cache; the cache equals the one-process cache,
+    # and two ranks of 4 compute the updates of one process with two micro-batches of 4.
+    common = [*TINY, "--vae", digits_vae, "--steps", 3]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training.train",
+           *map(str, common), "--latent-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("mean.npy", "std.npy", "labels.npy"):
+        assert np.array_equal(np.load(tmp_path / "cache" / name), np.load(latent_run / "cache" / name)), name
+    run("training.train", *common, "--grad-accum", 2, "--latent-cache", latent_run / "cache", "--out", tmp_path / "one")
+    for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "ddp"), strict=True):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
