@@ -6,6 +6,8 @@ Data parallel (gloo on CPU, nccl on GPU; --batch-size is the global batch):
     torchrun --nproc_per_node 2 -m training.train ...
 Resume exactly where a checkpoint left off (same arguments, --steps may grow):
     python -m training.train ... --resume runs/fm/ckpt.pt
+Fine-tune from another checkpoint's EMA weights (e.g. one from training.import_official), from step 0:
+    python -m training.train ... --init-from imported.pt
 Latent diffusion through a VAE folder (diffusers AutoencoderKL; --image-size stays the pixel size):
     python -m training.train --dataset emoji --vae pretrained/emoji-vae --image-size 32 --model DRWKV-T/2 ...
 
@@ -74,6 +76,9 @@ parser.add_argument("--sample-cfg", type=float, default=2.0, help="classifier-fr
 parser.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints (0 = only at the end)")
 parser.add_argument("--log-every", type=int, default=1, help="steps between metrics.jsonl lines")
 parser.add_argument("--resume", default=None, help="checkpoint to continue from")
+parser.add_argument("--init-from", default=None, metavar="CKPT",
+                    help="fine-tune: start from this checkpoint's EMA weights (e.g. from training.import_official) "
+                         "with a fresh optimizer at step 0")
 parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = torch default)")
 
 
@@ -149,6 +154,33 @@ def validate(args):
             raise SystemExit(f"--{flag.replace('_', '-')} must be between 0 and 1, got {getattr(args, flag)}")
     if args.latent_cache and not args.vae:
         raise SystemExit("--latent-cache needs --vae")
+    if args.init_from and args.resume:
+        raise SystemExit("--init-from starts a new run, --resume continues one: give one of them")
+
+
+def read_init_checkpoint(path, config):
+    """The checkpoint --init-from starts from, checked to fit this run's data (architecture, size,
+    classes, pixel or latent space); its model options (final_norm, guidance_channels) go into
+    ``config``."""
+    try:
+        init = read_checkpoint(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"--init-from: {e}") from None
+    for key in ("model", "image_size", "in_channels", "num_classes", "learn_sigma"):
+        if init["config"].get(key) != config[key]:
+            raise SystemExit(f"--init-from: checkpoint has {key}={init['config'].get(key)!r}, this run {config[key]!r}")
+    theirs, ours = init["config"].get("latent"), config.get("latent")
+    if (theirs is None) != (ours is None):
+        raise SystemExit(f"--init-from: checkpoint is a {'latent' if theirs else 'pixel'}-space model, this run "
+                         f"trains in {'latent' if ours else 'pixel'} space")
+    # An official latent model imported without --vae records SD's latent space but no VAE weights.
+    if theirs is not None and (theirs.get("vae_sha256") not in (None, ours["vae_sha256"]) or
+                               any(theirs.get(k) != ours[k] for k in ("channels", "downsample", "scaling_factor"))):
+        raise SystemExit(f"--init-from: checkpoint was trained through another VAE than --vae {ours['vae']}")
+    for key in ("final_norm", "guidance_channels"):
+        if key in init["config"]:
+            config[key] = init["config"][key]
+    return init
 
 
 def main():
@@ -210,6 +242,8 @@ def main():
     }
     if latent is not None:
         config["latent"] = latent
+    if args.init_from:
+        init = read_init_checkpoint(args.init_from, config)
     diffusion = diffusion_from_config(config)
 
     try:
@@ -219,6 +253,9 @@ def main():
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     step = 0
+    if args.init_from:
+        model.load_state_dict(init["ema"])
+        ema.load_state_dict(init["ema"])
     if args.resume:
         try:
             ckpt = read_checkpoint(args.resume)
