@@ -454,3 +454,48 @@ def test_deviation_from_the_official_kernel(grid, tmp_path, capsys, monkeypatch)
     low, high = {64: (1e-3, 3e-2), 256: (1e-4, 3e-3), 1024: (1e-5, 3e-4)}[T]
     assert low < np.median(per_call) < high
     assert low / 100 < output < high
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning an imported checkpoint
+
+def _folder_dataset(root, classes=2, per_class=5, size=16):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        os.makedirs(root / f"class{c}")
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_training_fine_tunes_an_imported_checkpoint(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    state = official_state_dict(num_classes=2, channels=3, grid=4, patch=4)
+    src = save_official(tmp_path / "official.pt", state, official_args(num_classes=2))
+    assert run_import([src, "-o", tmp_path / "imported.pt"], capsys)[0] == 0
+    data = _folder_dataset(tmp_path / "data")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def train(*extra):
+        argv = [sys.executable, "-m", "training.train", "--dataset", "folder", "--data-dir", str(data),
+                "--model", "DRWKV-T/4", "--steps", "2", "--batch-size", "4", "--warmup", "0", "--sample-steps", "2",
+                "--sample-every", "0", "--threads", "1", "--init-from", str(tmp_path / "imported.pt"), *extra]
+        return subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=300)
+
+    result = train("--image-size", "16", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    ckpt = read_checkpoint(tmp_path / "run" / "ckpt.pt")
+    assert ckpt["step"] == 2 and ckpt["config"]["final_norm"] is True and ckpt["config"]["guidance_channels"] == 3
+    imported = read_checkpoint(tmp_path / "imported.pt")["ema"]
+    # Two optimizer steps from the imported weights: the model moved, the EMA (decay 0.999) barely.
+    moved = max(float((ckpt["model"][k] - v).abs().max()) for k, v in imported.items())
+    ema_moved = max(float((ckpt["ema"][k] - v).abs().max()) for k, v in imported.items())
+    assert 0 < ema_moved < 1e-2 * moved
+    # A run whose data does not fit the checkpoint is refused in one line.
+    result = train("--image-size", "32", "--out", str(tmp_path / "bad"))
+    assert result.returncode != 0 and "--init-from: checkpoint has image_size=16, this run 32" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and not (tmp_path / "bad" / "ckpt.pt").exists()
