@@ -247,6 +247,7 @@ def test_eval_decodes_a_latent_model_to_rgb(latent_run, tmp_path):
                "--cache", tmp_path, "--threads", 1)
     table = {k.strip(): v.strip() for k, v in (line.split("  ", 1) for line in proc.stdout.strip().splitlines())}
     assert "through the VAE" in table["model"] and "8px" in table["model"]
+    assert float(table["FID (the same 20, through the VAE)"]) > 0
     assert float(table["FID (samples vs test split)"]) > 0
     assert 0 <= float(table["classifier accuracy on samples"]) <= 1
     assert os.listdir(tmp_path) == ["classifier-digits-8px.pt"]  # the classifier works on the VAE's pixels

@@ -12,7 +12,8 @@ Procedure
   <cache>/classifier-<dataset>-<size>px.pt (default cache ~/.cache/drwkv, --cache to change).
 - FID: Frechet distance between Gaussians fitted to the features of the generated samples and of
   the whole test split. FID grows as the sample count shrinks, so the table also gives the FID
-  of as many real train images as samples ("real-data floor") for scale.
+  of as many real train images as samples ("real-data floor") for scale, and for a latent model
+  the FID of those images encoded and decoded by its VAE (what the VAE alone costs).
 - Samples: EMA weights, the runtime's DDIM sampler (``drwkv.samplers``, eta 0) with --steps steps
   and classifier-free guidance --cfg-scale, classes taken in turn (sample i has class i mod
   num_classes), fixed seed. A latent model's samples are decoded to RGB by its VAE (the folder in
@@ -34,11 +35,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from drwkv import known_warnings
 from drwkv.model import load_checkpoint
 from drwkv.runtime.base import Denoiser
 from drwkv.samplers import make_sampler, sample
 from drwkv.schedule import Schedule
-from drwkv.vae import VAEError, decode, load_vae, weights_sha256
+from drwkv.vae import VAEError, decode, encode, load_vae, weights_sha256
 from training.data import load_dataset
 
 CLASSIFIER_VERSION = 1
@@ -159,6 +161,7 @@ def generate(model, config, labels, steps, cfg_scale, seed, batch_size=100, vae=
 
 
 def main():
+    known_warnings.silence()
     parser = argparse.ArgumentParser(description="FID and class accuracy of a drwkv checkpoint's samples.")
     parser.add_argument("checkpoint")
     parser.add_argument("--num-samples", type=int, default=500)
@@ -201,6 +204,10 @@ def main():
     x_train = load_dataset(config["dataset"], image_size, "train", args.data_dir)[0]
     real = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:args.num_samples]]
     fid_real = frechet_distance(*gaussian_stats(embed(classifier, real)[0]), mu_ref, sigma_ref)
+    if vae is not None:  # what the VAE alone costs: the real images encoded and decoded (posterior mean)
+        reconstructed = torch.cat([decode(vae, encode(vae, real[i:i + args.batch_size])[0])
+                                   for i in range(0, len(real), args.batch_size)])
+        fid_vae = frechet_distance(*gaussian_stats(embed(classifier, reconstructed)[0]), mu_ref, sigma_ref)
 
     rows = [
         ("checkpoint", args.checkpoint),
@@ -209,6 +216,7 @@ def main():
         ("sampling", f"{args.num_samples} samples, DDIM {args.steps} steps, CFG {args.cfg_scale}, seed {args.seed}"),
         ("FID (samples vs test split)", f"{fid:.2f}"),
         (f"FID ({args.num_samples} real train images)", f"{fid_real:.2f}"),
+        *([(f"FID (the same {args.num_samples}, through the VAE)", f"{fid_vae:.2f}")] if vae is not None else []),
         ("classifier accuracy on samples", f"{accuracy:.3f}"),
         ("classifier accuracy on test split", f"{ref['test_accuracy']:.3f}"),
     ]
