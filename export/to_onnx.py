@@ -46,6 +46,7 @@ import json
 import os
 import sys
 
+from drwkv import known_warnings
 from drwkv.runtime.base import decoder_path
 from drwkv.runtime.onnx import (BIWKV_DOMAIN, BIWKV_OP, CONFIG_KEY, DECODER_FILE_KEY, DECODER_FORMAT, FORMAT,
                                 FORMAT_KEY, VAE_SHA256_KEY)
@@ -385,6 +386,7 @@ def _num_blocks(model):
 
 
 def main(argv=None):
+    known_warnings.silence()
     parser = argparse.ArgumentParser(
         prog="python -m export.to_onnx",
         description="Export a drwkv checkpoint's EMA denoiser to ONNX (one drwkv::BiWKV node per block), and "

@@ -31,6 +31,7 @@ import os
 import sys
 from pathlib import Path
 
+from drwkv import known_warnings
 from drwkv.runtime.base import AUTO_TILE, decoder_path
 
 
@@ -178,6 +179,7 @@ def _write_atomically(path, data):
 
 
 def main(argv=None):
+    known_warnings.silence()
     parser = argparse.ArgumentParser(
         prog="python -m export.to_trt",
         description="Build a TensorRT engine (with the BiWKV plugin) from a drwkv ONNX model or checkpoint.")

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from drwkv import known_warnings
 from drwkv.diffusion import diffusion_from_config
 from drwkv.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_CONFIGS, build_model, read_checkpoint
 from drwkv.vae import VAEError, latent_space, load_vae
@@ -184,6 +185,7 @@ def read_init_checkpoint(path, config):
 
 
 def main():
+    known_warnings.silence()
     args = parser.parse_args()
     validate(args)
     if args.threads:

@@ -25,6 +25,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from drwkv import known_warnings
 from drwkv.vae import CONFIG_FILE, WEIGHTS_FILE
 from training.data import DATASETS, batch_indices, load_dataset
 from training.train import atomic_save, save_grid
@@ -98,6 +99,7 @@ def save_folder(vae, out):
 
 
 def main():
+    known_warnings.silence()
     args = parser.parse_args()
     if args.image_size % args.downsample:
         raise SystemExit(f"--image-size {args.image_size} is not divisible by --downsample {args.downsample}")
