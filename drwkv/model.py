@@ -187,7 +187,12 @@ class Denoiser(nn.Module):
         if self.y_embedder is not None:
             c = c + self.y_embedder(y)
         x = self.body(x, c, h, w)
-        return self.unpatchify(self.final_layer(x, c), h, w)
+        out = self.unpatchify(self.final_layer(x, c), h, w)
+        if self.y_embedder is None and _tracing():
+            # Exported, an unconditional model still reads y (times 0) so that every artifact has the
+            # inputs x, t, y: TensorRT removes network inputs that no layer reads.
+            out = out + 0 * y.to(out.dtype)[:, None, None, None]
+        return out
 
     def forward_with_cfg(self, x, t, y, cfg_scale):
         """Classifier-free guidance as in DiT: the batch is [conditional; unconditional] halves

@@ -347,6 +347,7 @@ def test_guidance_channels_in_numpy_and_cpp():
 
 def test_unconditional_pixel_model_end_to_end(tmp_path, capsys):
     pytest.importorskip("onnxruntime_extensions")
+    import onnx
     from PIL import Image
 
     from drwkv.cli import main as infer
@@ -355,6 +356,9 @@ def test_unconditional_pixel_model_end_to_end(tmp_path, capsys):
     src = save_official(tmp_path / "official.pt", official_state_dict(grid=4, patch=4), official_args())
     assert run_import([src, "-o", tmp_path / "ckpt.pt"], capsys)[0] == 0
     export([str(tmp_path / "ckpt.pt"), "-o", str(tmp_path / "m.onnx")])
+    # The graph keeps the x, t, y interface, and a node reads y (TensorRT drops inputs nothing reads).
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert [i.name for i in graph.input] == ["x", "t", "y"] and any("y" in n.input for n in graph.node)
     out = tmp_path / "grid.png"
     assert infer(["--onnx", str(tmp_path / "m.onnx"), "--steps", "3", "--num-images", "2", "--out", str(out)]) == 0
     image = Image.open(out)

@@ -175,3 +175,19 @@ def test_pretrained_checkpoint_loads_and_runs():
     with torch.no_grad():
         out = model(torch.randn(2, 1, s, s), torch.tensor([999, 10]), torch.tensor([0, 10]))
     assert out.shape == (2, 2, s, s) and out.abs().sum() > 0
+
+
+def test_unconditional_model_and_final_norm_are_options():
+    model = randomize(build_model({**config("DRWKV-T/2", num_classes=0), "final_norm": True}))
+    assert model.y_embedder is None and isinstance(model.final_norm, torch.nn.LayerNorm)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
+    with torch.no_grad():
+        out = model(x, t, None)
+        assert torch.equal(model(x, t, torch.tensor([0, 5])), out)  # no class input: y is ignored
+        model.final_norm.weight.mul_(2.0)
+        assert not torch.allclose(model(x, t, None), out)           # the LayerNorm acts on the tokens
+    # Without the options a model has exactly the parameters it always had (checkpoints load as before).
+    plain = build_model(config("DRWKV-T/2")).state_dict()
+    assert "y_embedder.weight" in plain and not any(k.startswith("final_norm") for k in plain)
+    with pytest.raises(ValueError, match="final_norm is a DRWKV option"):
+        build_model({**config("DiT-T/2"), "final_norm": True})
