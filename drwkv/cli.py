@@ -3,9 +3,10 @@
     drwkv-infer --onnx model.onnx --class sneaker,bag --num-images 16 --out grid.png
     drwkv-infer --engine model.plan --sampler dpm++2m --steps 20 --out samples/
     drwkv-infer --ckpt runs/fm/ckpt.pt --sampler ddpm --steps 250 --cfg-scale 1.0 --out ddpm.png
+    drwkv-infer --onnx latent.onnx --vae-tile 32 --out rgb.png     # latent model: latent.vae_decoder.onnx decodes
     drwkv-infer --info grid.png          # the settings stored in an image, and the command that remakes it
 
-The samplers are numpy and identical for every backend, and the noise is a function of the seed and
+A thin shell over drwkv.Pipeline (flags, PNG files and their text, the summary line). The samplers are numpy and identical for every backend, and the noise is a function of the seed and
 the image's number in the run (drwkv.noise, the same in the C++ runtime): the same seed and
 arguments give the same images (and the same PNG bytes) on one machine.
 """
@@ -16,8 +17,7 @@ import shlex
 import sys
 import time
 
-import numpy as np
-
+from drwkv.pipeline import parse_classes  # noqa: F401  (part of the CLI's interface: --class parsing)
 from drwkv.samplers import SAMPLERS
 
 PROG = "drwkv-infer"
@@ -42,15 +42,27 @@ def build_parser():
     src.add_argument("--plugin", metavar="SO", help="with --engine: the BiWKV plugin library (default: "
                                                      "$DRWKV_TRT_PLUGIN, next to drwkv._C, or the newest build/)")
     src.add_argument("--cuda-graph", action="store_true", help="with --engine: replay each batch shape as a CUDA graph")
+    v = p.add_argument_group("VAE decoder (latent models)")
+    v.add_argument("--vae-decoder", metavar="PATH",
+                   help="the decoder, of the model's kind: a .plan for --engine, a .onnx for --onnx, a diffusers VAE "
+                        "folder for --ckpt (default: NAME.vae_decoder.plan/.onnx next to the model, or the VAE "
+                        "folder the checkpoint records)")
+    v.add_argument("--vae-tile", type=int, metavar="N",
+                   help="decode in tiles of N x N latent pixels (default: tiles of 64 above that size, or of the "
+                        "engine's largest; a tile larger than the latent decodes it whole)")
+    v.add_argument("--vae-tile-overlap", type=int, metavar="N",
+                   help="latent pixels neighbouring tiles share, blended linearly (default: a quarter of the tile)")
     s = p.add_argument_group("sampling")
     s.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler (default: ddim)")
     s.add_argument("--steps", type=int, default=50, help="model evaluations per image (default: 50)")
     s.add_argument("--eta", type=float, default=0.0,
                    help="DDIM stochasticity in [0, 1]; 0 is deterministic, 1 is DDPM-like (default: 0)")
-    s.add_argument("--cfg-scale", type=float, default=1.5,
-                   help="classifier-free guidance scale; 1.0 disables guidance and its doubled batch (default: 1.5)")
-    s.add_argument("--no-clip", dest="clip_x0", action="store_false",
-                   help="do not clip the predicted x0 to [-1, 1] (clipping suits pixel-space models)")
+    s.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance scale; 1.0 disables guidance and its doubled batch (default: 1.5; "
+                        "unconditional models take no guidance)")
+    s.add_argument("--no-clip", dest="clip_x0", action="store_false", default=None,
+                   help="do not clip the predicted x0 to [-1, 1] (clipping suits pixel-space models; latent models "
+                        "never clip)")
     s.add_argument("--class", dest="classes", action="append", metavar="NAME|INDEX",
                    help="class label(s), by name from the model config or by index; repeat or comma-separate. "
                         "Images cycle through them (default: all classes in order)")
@@ -69,32 +81,6 @@ def build_parser():
     i.add_argument("--info", metavar="IMAGE.png", help="print the settings stored in an image written by "
                                                       "drwkv-infer and the command that makes it again, then exit")
     return p
-
-
-def parse_classes(specs, config):
-    """--class values (names or indices, comma lists) -> class indices; ValueError naming a bad one."""
-    names = list(config.get("class_names") or [])
-    num_classes = int(config["num_classes"])
-    if not specs:
-        return list(range(num_classes))
-    lookup = {name.lower(): i for i, name in enumerate(names)}
-    out = []
-    for token in (t.strip() for spec in specs for t in spec.split(",")):
-        if not token:
-            continue
-        if token.lower() in lookup:
-            out.append(lookup[token.lower()])
-        elif token.lstrip("-").isdigit():
-            index = int(token)
-            if not 0 <= index < num_classes:
-                raise ValueError(f"class index {index} out of range 0..{num_classes - 1}")
-            out.append(index)
-        else:
-            known = ", ".join(names) if names else f"indices 0..{num_classes - 1} (the model has no class names)"
-            raise ValueError(f"unknown class {token!r}; known: {known}")
-    if not out:
-        raise ValueError("--class names no class")
-    return out
 
 
 def _check_args(args, parser):
@@ -120,50 +106,45 @@ def _check_args(args, parser):
         parser.error(f"--eta applies to --sampler ddim only (got --sampler {args.sampler})")
     if not 0.0 <= args.eta <= 1.0:
         parser.error(f"--eta must be between 0 and 1, got {args.eta}")
-    if not math.isfinite(args.cfg_scale) or args.cfg_scale < 0:
+    if args.cfg_scale is not None and (not math.isfinite(args.cfg_scale) or args.cfg_scale < 0):
         parser.error(f"--cfg-scale must be a finite number >= 0, got {args.cfg_scale}")
+    if args.vae_tile is not None and args.vae_tile <= 0:
+        parser.error(f"--vae-tile must be at least 1 latent pixel, got {args.vae_tile}")
+    if args.vae_tile_overlap is not None and not 0 <= args.vae_tile_overlap < (args.vae_tile or float("inf")):
+        parser.error(f"--vae-tile-overlap must be at least 0 and below the tile, got {args.vae_tile_overlap}")
 
 
 def run(args):
     from tqdm import tqdm
 
-    from drwkv.png import make_grid, parameters_line, save_png, to_uint8
-    from drwkv.runtime import load_denoiser
-    from drwkv.samplers import make_sampler, sample
-    from drwkv.schedule import Schedule
+    from drwkv.png import make_grid, parameters_line, save_png
+    from drwkv.pipeline import Pipeline
 
     t0 = time.perf_counter()
-    engine_options = {"plugin": args.plugin, "cuda_graph": args.cuda_graph} if args.engine else {}
-    denoiser = load_denoiser(engine=args.engine, onnx=args.onnx, ckpt=args.ckpt, **engine_options)
+    artifact = args.engine or args.onnx or args.ckpt
+    options = {"plugin": args.plugin, "cuda_graph": args.cuda_graph} if args.engine else {}
+    kind = "engine" if args.engine else "onnx" if args.onnx else "ckpt"
+    pipe = Pipeline.load(artifact, kind=kind, vae_decoder=args.vae_decoder, vae_tile=args.vae_tile,
+                         vae_tile_overlap=args.vae_tile_overlap, **options)
+    denoiser = pipe.denoiser
     load_s = time.perf_counter() - t0
     config = denoiser.config
-    classes = parse_classes(args.classes, config)
-    schedule = Schedule.from_config(config)
-    if args.steps > len(schedule):
-        raise ValueError(f"--steps {args.steps} exceeds the model's {len(schedule)} diffusion timesteps")
-    sampler = make_sampler(args.sampler, schedule, args.steps, eta=args.eta, clip_x0=args.clip_x0)
+    numbers = range(args.first_image, args.first_image + args.num_images)
+
+    with tqdm(total=None, unit="step", desc=PROG, file=sys.stderr, disable=None) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(1)
+        images = pipe(classes=args.classes, num_images=args.num_images, sampler=args.sampler, steps=args.steps,
+                      cfg_scale=args.cfg_scale, seed=args.seed, eta=args.eta, clip_x0=args.clip_x0,
+                      batch_size=args.batch_size, first_image=args.first_image, progress=progress)
+    run_stats = pipe.last_run
+    labels = run_stats["labels"]
     grid = args.out.lower().endswith(".png")
     if not grid:
         os.makedirs(args.out, exist_ok=True)
-    numbers = range(args.first_image, args.first_image + args.num_images)  # image i has class i mod len(classes)
-    labels = np.array([classes[i % len(classes)] for i in numbers], dtype=np.int64)
+    args.cfg_scale, args.clip_x0 = run_stats["cfg_scale"], run_stats["clip_x0"]  # as used, as the PNG text records
 
-    starts = range(0, len(labels), args.batch_size)
-    batches = [labels[i:i + args.batch_size] for i in starts]
-    images = []
-    t0 = time.perf_counter()
-    with tqdm(total=len(batches) * sampler.steps, unit="step", desc=PROG, file=sys.stderr, disable=None) as bar:
-        def progress(steps):
-            for i in steps:
-                yield i
-                bar.update(1)
-        for start, y in zip(starts, batches):
-            images.append(to_uint8(sample(denoiser, sampler, y, args.seed, args.cfg_scale, progress,
-                                          first_image=args.first_image + start)))
-    sample_s = time.perf_counter() - t0
-    images = np.concatenate(images)
-
-    artifact = args.engine or args.onnx or args.ckpt
     text = {"Software": PROG, "drwkv.model": config["model"], "drwkv.artifact": os.path.basename(artifact),
             "drwkv.backend": denoiser.name, "drwkv.sampler": args.sampler, "drwkv.steps": args.steps,
             "drwkv.eta": args.eta, "drwkv.cfg_scale": args.cfg_scale, "drwkv.clip_x0": args.clip_x0,
@@ -199,11 +180,13 @@ def run(args):
                      {**text, **image_text, "parameters": f"{parameters(name)}, Image: {i}"})
         written = f"{len(images)} PNGs in {args.out}"
 
-    total_steps = len(batches) * sampler.steps
-    print(f"{PROG}: {denoiser.name} ({config['model']}), {args.sampler} {sampler.steps} steps, cfg {args.cfg_scale}: "
+    sample_s, total_steps = run_stats["sample_s"], run_stats["batches"] * run_stats["steps"]
+    decoded = (f"; {run_stats['tiles']} VAE tiles decoded in {run_stats['decode_s']:.2f} s ({pipe.decoder.name})"
+               if pipe.decoder is not None else "")
+    print(f"{PROG}: {denoiser.name} ({config['model']}), {args.sampler} {run_stats['steps']} steps, cfg {args.cfg_scale}: "
           f"{len(images)} images in {sample_s:.2f} s = {1000 * sample_s / total_steps:.1f} ms/step "
-          f"(batch {len(batches[0])}{' x2 for guidance' if args.cfg_scale != 1.0 else ''}), "
-          f"{len(images) / sample_s:.2f} images/s; model load {load_s:.2f} s -> {written}", file=sys.stderr)
+          f"(batch {min(args.batch_size, args.num_images)}{' x2 for guidance' if args.cfg_scale != 1.0 else ''}), "
+          f"{len(images) / sample_s:.2f} images/s{decoded}; model load {load_s:.2f} s -> {written}", file=sys.stderr)
 
 
 _BACKEND_FLAGS = {"tensorrt": "--engine", "onnxruntime": "--onnx", "torch": "--ckpt"}

@@ -150,15 +150,14 @@ def _export_cli(*args):
                           text=True, timeout=600)
 
 
-def test_without_the_vae_at_hand_the_denoiser_is_written_alone(tmp_path, tiny_vae):
+def test_without_the_vae_at_hand_the_denoiser_is_written_alone(tmp_path, tiny_vae, capsys):
     moved = tmp_path / "moved_vae"
     shutil.copytree(tiny_vae, moved)
     ckpt = write_checkpoint(tmp_path / "ckpt.pt", latent_config(moved))
     shutil.rmtree(moved)
     out = tmp_path / "m.onnx"
-    result = _export_cli(ckpt, "-o", out)
-    assert result.returncode == 0, result.stderr[-2000:]
-    hint = [line for line in result.stderr.splitlines() if line.startswith("no VAE decoder written")]
+    to_onnx.main([str(ckpt), "-o", str(out)])
+    hint = [line for line in capsys.readouterr().err.splitlines() if line.startswith("no VAE decoder written")]
     assert hint == [f"no VAE decoder written (its VAE folder {moved} is not here); add it with: python -m "
                     f"export.to_onnx {ckpt} -o {out} --vae FOLDER"]
     assert out.exists() and not (tmp_path / "m.vae_decoder.onnx").exists()
@@ -317,3 +316,57 @@ def test_onnx_decoder_runs_where_torch_cannot_be_imported(exported):
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# --- the latent model end to end: Pipeline and drwkv-infer -----------------------------------------
+
+def test_pipeline_gives_the_same_rgb_images_from_onnx_and_the_checkpoint(exported):
+    import drwkv
+
+    kwargs = dict(classes=[2, 0], num_images=3, steps=4, seed=3, batch_size=2)
+    from_onnx = drwkv.Pipeline.load(exported, vae_tile=6, vae_tile_overlap=2)
+    images = from_onnx(**kwargs)
+    assert images.shape == (3, PIXELS, PIXELS, 3) and images.dtype == np.uint8 and images.std() > 5
+    # Two batches of 2 x 2 tiles (8x8 latents, tiles at 0 and 2); latent models do not clip x0.
+    assert from_onnx.last_run["tiles"] == 2 * 4 and from_onnx.last_run["clip_x0"] is False
+    from_ckpt = drwkv.Pipeline.load(exported.parents[1] / "ckpt.pt", vae_tile=6, vae_tile_overlap=2, threads=1)
+    assert from_ckpt.decoder.name == "diffusers"
+    assert np.abs(from_ckpt(**kwargs).astype(int) - images).max() <= 1          # float rounding at most
+
+
+def _infer(args):
+    script = BLOCK_TORCH + f"from drwkv.cli import main\nsys.exit(main({[str(a) for a in args]!r}))\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_drwkv_infer_writes_rgb_pngs_of_a_latent_model_without_torch(exported, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    result = _infer(["--onnx", exported, "--steps", "3", "--num-images", "2", "--vae-tile", "5", "--vae-tile-overlap",
+                     "2", "--out", out])
+    assert result.returncode == 0, result.stderr
+    assert "4 VAE tiles decoded" in result.stderr.splitlines()[-1]      # 8x8 latents: tiles at 0 and 3, each way
+    image = Image.open(out)
+    assert image.mode == "RGB" and image.size == (2 * PIXELS + 6, PIXELS + 4)
+
+
+@pytest.mark.parametrize("case", ["tile zero", "tile negative", "overlap too big", "plan for onnx", "missing decoder"])
+def test_drwkv_infer_decoder_bad_input_is_one_line(case, exported, tmp_path):
+    args = ["--onnx", exported, "--steps", "2", "--out", tmp_path / "o.png"]
+    if case == "tile zero":
+        args += ["--vae-tile", "0"]
+    elif case == "tile negative":
+        args += ["--vae-tile", "-8"]
+    elif case == "overlap too big":
+        args += ["--vae-tile", "4", "--vae-tile-overlap", "4"]
+    elif case == "plan for onnx":
+        args += ["--vae-decoder", tmp_path / "model.vae_decoder.plan"]
+    else:
+        shutil.copy(exported, tmp_path / "alone.onnx")
+        args[1] = tmp_path / "alone.onnx"
+    result = _infer(args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("drwkv-infer: error: "), result.stderr
+    assert not (tmp_path / "o.png").exists()
