@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,30 +276,35 @@ def test_automatic_tiling_above_the_default_tile():
     assert decoder.tiles_decoded == 8 and decoder.largest == (65, 130)
 
 
-def test_tiled_and_whole_vae_decoding_agree_without_seams(exported):
-    """The tiny VAE's decoder through ONNX Runtime on 45x37 latents, tiles of 24 with overlap 8.
+def test_tiled_and_whole_vae_decoding_agree_without_seams(tmp_path):
+    """The committed emoji VAE (trained with training.train_vae) through ONNX Runtime, on 45x37
+    latents drawn N(0, 1) in the denoiser's space (the scale its latent models sample at), tiles of
+    32 with overlap 8: 2 x 2 tiles, cut at other places than any tile's edge.
 
-    Bound: this VAE is random, so its GroupNorm statistics (2 channels per group) and mid-block
-    attention see each tile differently from the whole image; measured mean |tiled - whole| is
-    0.026 (images in [-1, 1], mean |image| 0.23), max 0.35. A trained VAE is smoother; these bounds
-    are for this one. Seams: the difference at the tile borders is no larger than elsewhere, and
-    the tiled image's jumps between neighbouring pixels at the borders are those of the rest."""
-    decoder = load_decoder(load_denoiser(onnx=exported))
-    z = _latents((2, 4, 45, 37), seed=1)
+    Bound: its GroupNorm statistics and mid-block attention see a tile rather than the whole
+    image, so tiling is an approximation; measured mean |tiled - whole| 0.0085 and max 0.081 (images
+    in [-1, 1]), asserted below 0.015 and 0.15. Seams: the difference at the tile borders is no
+    larger than elsewhere, and the tiled image's jumps between neighbouring pixels at the borders
+    are those of the rest of it."""
+    from drwkv.runtime.onnx import OnnxRuntimeDecoder
+
+    vae = Path(REPO) / "pretrained" / "emoji-vae"
+    to_onnx._save(to_onnx.export_decoder(vae, 64), tmp_path / "emoji.vae_decoder.onnx")
+    decoder = OnnxRuntimeDecoder(tmp_path / "emoji.vae_decoder.onnx")
+    z = _latents((1, 4, 45, 37), seed=0)
     whole = decoder(z, tile=64)
-    tiled = decoder(z, tile=24, overlap=8)
-    assert decoder.tiles_decoded == 1 + 6
+    tiled = decoder(z, tile=32, overlap=8)
+    assert decoder.tiles_decoded == 1 + 4
     diff = np.abs(tiled - whole)
-    assert diff.mean() < 0.04 and diff.max() < 0.5
-    rows, cols, th, tw = tile_plan(45, 37, 24, 8)
+    assert diff.mean() < 0.015 and diff.max() < 0.15, (diff.mean(), diff.max())
+    rows, cols, th, tw = tile_plan(45, 37, 32, 8)
     for axis, starts, size in ((2, rows, th), (3, cols, tw)):
         borders = sorted({4 * s for s in starts[1:]} | {4 * (s + size) - 1 for s in starts[:-1]})
         rest = [i for i in range(diff.shape[axis] - 1) if i not in borders]
         at_border, elsewhere = diff.take(borders, axis).mean(), diff.take(rest, axis).mean()
         assert at_border <= 1.25 * elsewhere, (axis, at_border, elsewhere)
         jumps = np.abs(np.diff(tiled, axis=axis))
-        jump_at_border = jumps.take([b for b in borders if b < jumps.shape[axis]], axis).mean()
-        assert jump_at_border <= 1.25 * jumps.take(rest, axis).mean()
+        assert jumps.take(borders, axis).mean() <= 1.25 * jumps.take(rest, axis).mean()
 
 
 # --- no torch on the ONNX path ---------------------------------------------------------------------
