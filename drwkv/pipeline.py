@@ -26,6 +26,8 @@ from drwkv.schedule import Schedule
 
 #: The backend an artifact's file name selects, as load_denoiser's keyword.
 ARTIFACT_KINDS = {".plan": "engine", ".onnx": "onnx", ".pt": "ckpt"}
+#: The backend options a decoder takes from the denoiser's.
+DECODER_OPTIONS = {"engine": ("device",), "onnx": ("providers", "intra_op_threads"), "ckpt": ("device", "threads")}
 
 
 def parse_classes(specs, config):
@@ -103,9 +105,12 @@ class Pipeline:
         if kind is None:
             raise ValueError(f"{path}: not a model artifact (a .plan, .onnx or .pt file)")
         denoiser = load_denoiser(**{kind: path}, **options)
-        decoder = load_decoder(denoiser, vae_decoder) if vae_decoder is not None and denoiser.latent else None
-        if vae_decoder is not None and decoder is None:
+        if vae_decoder is not None and not denoiser.latent:
             raise ValueError(f"{path} is a pixel-space model: it takes no VAE decoder")
+        decoder = None
+        if denoiser.latent:  # the decoder runs where the denoiser does (device, threads, providers)
+            shared = {k: v for k, v in options.items() if k in DECODER_OPTIONS[kind]}
+            decoder = load_decoder(denoiser, vae_decoder, **shared)
         return cls(denoiser, decoder, vae_tile, vae_tile_overlap)
 
     @property
