@@ -374,16 +374,14 @@ def test_unconditional_pixel_model_end_to_end(tmp_path, capsys):
 
 
 def test_class_conditional_latent_model_with_a_vae_end_to_end(tmp_path, capsys):
-    """import --vae -> export.to_onnx (denoiser and VAE decoder) -> ONNX Runtime sampling with
-    guidance on 3 of the 4 latent channels -> decoded RGB images in a PNG."""
+    """import --vae -> export.to_onnx (denoiser and VAE decoder) -> drwkv-infer on ONNX Runtime with
+    guidance on 3 of the 4 latent channels -> decoded RGB images."""
     pytest.importorskip("onnxruntime_extensions")
     from conftest import make_tiny_vae
     from PIL import Image
 
-    from drwkv.png import make_grid, save_png, to_uint8
-    from drwkv.runtime import load_decoder, load_denoiser
-    from drwkv.samplers import make_sampler, sample
-    from drwkv.schedule import Schedule
+    from drwkv.cli import main as infer
+    from drwkv.runtime import load_denoiser
     from export.to_onnx import main as export
 
     vae = make_tiny_vae(tmp_path / "vae", latent_channels=4, downsample=8)
@@ -395,15 +393,15 @@ def test_class_conditional_latent_model_with_a_vae_end_to_end(tmp_path, capsys):
     config = read_checkpoint(tmp_path / "ckpt.pt")["config"]
     assert config["latent"]["vae"] == str(vae) and config["latent"]["image_size"] == 64
     export([str(tmp_path / "ckpt.pt"), "-o", str(tmp_path / "m.onnx")])
+    assert (tmp_path / "m.vae_decoder.onnx").is_file()
     denoiser = load_denoiser(onnx=str(tmp_path / "m.onnx"))
     assert denoiser.config["guidance_channels"] == 3 and denoiser.config["latent"] == config["latent"]
-    decoder = load_decoder(denoiser)
-    latents = sample(denoiser, make_sampler("ddim", Schedule.from_config(denoiser.config), 3), [2, 0, 1], 0, 1.5)
-    images = decoder(latents)
-    assert images.shape == (3, 3, 64, 64) and np.isfinite(images).all() and images.std() > 0
-    save_png(tmp_path / "grid.png", make_grid(to_uint8(images), 3), {"Software": "test"})
-    image = Image.open(tmp_path / "grid.png")
-    assert image.mode == "RGB" and image.size == (3 * 66 + 2, 66 + 2)
+    out = tmp_path / "grid.png"
+    assert infer(["--onnx", str(tmp_path / "m.onnx"), "--steps", "3", "--num-images", "3", "--class", "2,0",
+                  "--cfg-scale", "1.5", "--nrow", "3", "--out", str(out)]) == 0
+    image = Image.open(out)
+    assert image.mode == "RGB" and image.size == (3 * 66 + 2, 66 + 2)   # 64 px decoded images, 2 px padding
+    assert np.asarray(image).std() > 0
 
 
 # ---------------------------------------------------------------------------------------------
