@@ -3,7 +3,7 @@
 # builds drwkv._C with the CUDA kernels for this GPU, checks them against the CPU kernel and the
 # float64 formula (fp32 and fp16, forward and backward, random and awkward shapes), then times the
 # forward at B=8, T=4096, C=1024 next to the card's copy bandwidth, then runs the DRWKV-vs-DiT
-# scaling benchmark on the GPU.
+# scaling benchmark on the GPU, then the TensorRT denoiser and VAE decoder engine tests.
 #
 #   bash scripts/gpu_check.sh            (from the repository root)
 set -euo pipefail
@@ -25,3 +25,8 @@ PYTHONPATH=. "$PYTHON" scripts/gpu_check.py "$@"
 
 echo "== DRWKV against DiT as tokens grow (batch 1, depth 13, width 384)"
 PYTHONPATH=. "$PYTHON" benchmarks/bench_scaling.py --device cuda --repeat 10 --plot "${PLOT_DIR:-build}/scaling_cuda.png"
+
+# The TensorRT engines of a latent model (denoiser and VAE decoder, tiled) against ONNX Runtime;
+# they need TensorRT's Python package, cuda-python and the built BiWKV plugin, and skip saying so.
+echo "== TensorRT denoiser and VAE decoder engines"
+PYTHONPATH=. "$PYTHON" -m pytest -q -rs tests/test_trt.py tests/test_decoder_trt.py
