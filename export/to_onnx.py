@@ -117,7 +117,8 @@ def _translation(portable):
 
 
 def _float32_io(model):
-    """A float16 module behind float32 I/O: its first input is cast to float16, its output to float32."""
+    """A float16 module behind float32 I/O: x is cast to float16, the output to float32; a denoiser's
+    t and y pass as they are. Named parameters, not *args: torch.export matches dynamic_shapes to them."""
     from torch import nn
 
     class Float32IO(nn.Module):
@@ -125,8 +126,9 @@ def _float32_io(model):
             super().__init__()
             self.inner = inner
 
-        def forward(self, x, *rest):
-            return self.inner(x.half(), *rest).float()
+        def forward(self, x, t=None, y=None):
+            out = self.inner(x.half()) if t is None else self.inner(x.half(), t, y)
+            return out.float()
 
     return Float32IO(model).eval()
 
