@@ -30,6 +30,7 @@ import re
 import sys
 
 import torch
+from tqdm import tqdm
 
 from drwkv.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_CONFIGS, build_model
 
@@ -57,8 +58,7 @@ def load_official(path):
     if not os.path.isfile(path):
         raise OfficialCheckpointError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = _safe_load(path)
     except pickle.UnpicklingError as e:
         needed = re.search(r"GLOBAL (\S+)", str(e))
         if needed:
@@ -70,6 +70,19 @@ def load_official(path):
     if not isinstance(ckpt, dict):
         raise OfficialCheckpointError(f"{path}: not an official Diffusion-RWKV checkpoint (a {type(ckpt).__name__}, not a dict)")
     return ckpt
+
+
+def _safe_load(path):
+    """torch.load with weights_only and argparse.Namespace allowed. Memory-mapped (an H/2 file with
+    its optimizer state holds the weights 4 times, of which one is read) unless the file predates
+    torch's zip format."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _first_line(e):
@@ -186,9 +199,11 @@ def map_state_dict(state):
 
 def sha256(path):
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    with open(path, "rb") as f, tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="sha256",
+                                     file=sys.stderr, disable=None, leave=False) as bar:
+        for block in iter(lambda: f.read(1 << 24), b""):
             h.update(block)
+            bar.update(len(block))
     return h.hexdigest()
 
 
@@ -223,9 +238,10 @@ def import_official(path, weights="ema", vae=None, guidance="first3"):
                           if args is not None else None}
 
     mapped = map_state_dict(state)
-    model = build_model(config)
+    with torch.device("meta"):  # shapes only; the checked weights are assigned, not copied
+        model = build_model(config)
     try:
-        model.load_state_dict(mapped)
+        model.load_state_dict(mapped, assign=True)
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
         raise OfficialCheckpointError(f"{path}: the weights do not fit {config['model']}: {' '.join(lines)[:300]}") from None
@@ -244,7 +260,7 @@ def import_official(path, weights="ema", vae=None, guidance="first3"):
         + ("args agree with the shapes" if args is not None else "no args in the file (shapes only)"),
     ]
     return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": config,
-            "model": weights_out, "ema": {k: v.clone() for k, v in weights_out.items()}, "step": 0}, report
+            "model": dict(weights_out), "ema": weights_out, "step": 0}, report
 
 
 def main(argv=None):
