@@ -19,7 +19,7 @@ import numpy as np
 
 from drwkv.png import to_uint8
 from drwkv.runtime import load_decoder, load_denoiser
-from drwkv.runtime.base import AUTO_TILE
+from drwkv.runtime.base import AUTO_TILE, check_decoder
 from drwkv.runtime.tiling import tile_plan
 from drwkv.samplers import make_sampler, sample
 from drwkv.schedule import Schedule
@@ -83,11 +83,15 @@ class Pipeline:
     def __init__(self, denoiser, decoder=None, vae_tile=None, vae_tile_overlap=None):
         if denoiser.latent and decoder is None:
             decoder = load_decoder(denoiser)
+        elif denoiser.latent:
+            check_decoder(decoder, denoiser)
         if not denoiser.latent and (decoder is not None or vae_tile is not None or vae_tile_overlap is not None):
             raise ValueError(f"{denoiser.path} is a pixel-space model: it takes no VAE decoder or tiles")
         if decoder is not None:  # tile sizes checked before any sampling, as decoding will use them
             tile = vae_tile if vae_tile is not None else min(AUTO_TILE, decoder.max_tile or AUTO_TILE)
             tile_plan(1, 1, tile, tile // 4 if vae_tile_overlap is None else vae_tile_overlap)
+            if decoder.max_tile is not None and tile > decoder.max_tile:
+                raise ValueError(f"{decoder.path}: VAE tile {tile} exceeds the decoder's largest tile {decoder.max_tile}")
         self.denoiser, self.decoder = denoiser, decoder
         self.vae_tile, self.vae_tile_overlap = vae_tile, vae_tile_overlap
         self.last_run = None

@@ -129,9 +129,10 @@ class Decoder:
         images = decoder(latents, tile=None, overlap=None)
 
     latents float32 [B, c, h, w] in the denoiser's space (the decoder divides by the VAE's scaling
-    factor) -> images float32 [B, C, h*f, w*f] in [-1, 1] (C = 3 for an RGB VAE). Latents larger than ``tile`` latent pixels
-    (default: AUTO_TILE, or the backend's ``max_tile``) are decoded in overlapping tiles blended
-    linearly (``drwkv.runtime.tiling``); ``tiles_decoded`` counts the tiles of every call so far.
+    factor) -> images float32 [B, C, h*f, w*f] in [-1, 1] (C = 3 for an RGB VAE). Latents larger
+    than ``tile`` latent pixels (default: AUTO_TILE, or the backend's ``max_tile``) are decoded in
+    overlapping tiles blended linearly (``drwkv.runtime.tiling``); a tile larger than the latent
+    decodes it whole. ``tiles_decoded`` counts the tiles of every call so far.
     """
 
     name = "decoder"
