@@ -13,10 +13,10 @@ embedding, patch size from its kernel, depth from the blocks, learned sigma from
 from the label table (absent: unconditional, num_classes 0), the token grid from the position
 embedding. 3 input channels is a pixel model, 4 a latent one in SD's VAE space (8x, scaling
 0.18215; the official code knows no other). ``args`` (model, image_size in pixels, num_classes,
-latent_space) is checked against the shapes. The result is an ordinary drwkv checkpoint with two
-options the official model needs (``drwkv.model``): ``final_norm`` (its ``norm_f``) and
-``guidance_channels`` (3: the official sampler guides the first 3 channels only, also of 4-channel
-latents; ``--guidance all`` guides every channel).
+latent_space) is checked against the shapes. The result is an ordinary drwkv checkpoint with the
+options the official models need: ``final_norm`` (its ``norm_f``), ``num_classes`` 0 for
+unconditional models (``drwkv.model``), and ``guidance_channels`` (3: the official sampler guides
+the first 3 channels only, also of 4-channel latents; ``--guidance all`` guides every channel).
 
 The one difference left is the Bi-WKV operator: drwkv computes the paper's formula exactly, the
 official CUDA kernel approximates it for more than 32 tokens (docs/RESULTS.md measures how much).
