@@ -149,6 +149,9 @@ def run(args):
             "drwkv.backend": denoiser.name, "drwkv.sampler": args.sampler, "drwkv.steps": args.steps,
             "drwkv.eta": args.eta, "drwkv.cfg_scale": args.cfg_scale, "drwkv.clip_x0": args.clip_x0,
             "drwkv.seed": args.seed, "drwkv.batch_size": args.batch_size}
+    for flag in ("vae_decoder", "vae_tile", "vae_tile_overlap"):  # tiles change a latent model's pixels
+        if getattr(args, flag) is not None:
+            text[f"drwkv.{flag}"] = getattr(args, flag)
     names = list(config.get("class_names") or [])
     label_names = [names[c] if c < len(names) else str(c) for c in labels]
     conditional = int(config["num_classes"]) > 0
@@ -203,6 +206,8 @@ def regenerate_command(text):
         args += ["--cfg-scale", text["drwkv.cfg_scale"], "--seed", text["drwkv.seed"],
                  "--batch-size", text["drwkv.batch_size"]]
         args += [] if text["drwkv.clip_x0"] == "True" else ["--no-clip"]
+        args += [a for flag in ("vae_decoder", "vae_tile", "vae_tile_overlap") if f"drwkv.{flag}" in text
+                 for a in (f"--{flag.replace('_', '-')}", text[f"drwkv.{flag}"])]
         if "drwkv.index" in text:  # one image of a directory run
             labels, first, count = [text.get("drwkv.label")], int(text["drwkv.index"]), 1
             out = ["--out", "regenerated"]
