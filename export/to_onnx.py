@@ -289,6 +289,7 @@ def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False, vae=None, vae
 def find_vae(config, ckpt_path, vae=None, force=False):
     """The VAE folder to export a checkpoint's decoder from -> (folder, None), or (None, why not)
     when no folder is at hand. ValueError for a VAE that does not fit the model."""
+    from drwkv.runtime.base import recorded_vae_folder
     from drwkv.vae import latent_space
 
     latent = config.get("latent")
@@ -297,11 +298,9 @@ def find_vae(config, ckpt_path, vae=None, force=False):
             raise ValueError(f"--vae applies to latent models; {ckpt_path} is a pixel-space model")
         return None, "a pixel-space model"
     if vae is None:
-        vae = latent.get("vae")
-        if not vae:
-            return None, "the checkpoint records no VAE folder"
-        if not os.path.isdir(vae):
-            return None, f"its VAE folder {vae} is not here"
+        vae, why_not = recorded_vae_folder(latent, ckpt_path)
+        if vae is None:
+            return None, why_not
     space = latent_space(vae, int(latent["image_size"]))  # VAEError (a ValueError) for a bad folder
     for key, what in (("channels", "latent channels"), ("downsample", "downsampling"),
                       ("scaling_factor", "scaling_factor"), ("shift_factor", "shift_factor")):

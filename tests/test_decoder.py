@@ -159,15 +159,30 @@ def test_without_the_vae_at_hand_the_denoiser_is_written_alone(tmp_path, tiny_va
     out = tmp_path / "m.onnx"
     to_onnx.main([str(ckpt), "-o", str(out)])
     hint = [line for line in capsys.readouterr().err.splitlines() if line.startswith("no VAE decoder written")]
-    assert hint == [f"no VAE decoder written (its VAE folder {moved} is not here); add it with: python -m "
+    assert hint == [f"no VAE decoder written (its VAE folder {moved} is not here, nor beside {ckpt}); "
+                    f"add it with: python -m "
                     f"export.to_onnx {ckpt} -o {out} --vae FOLDER"]
     assert out.exists() and not (tmp_path / "m.vae_decoder.onnx").exists()
     assert "drwkv.vae_decoder" not in _meta(out)
     # Runtimes refuse, in one line, to make images without it.
     with pytest.raises(ArtifactError, match=r"is a latent model and its VAE decoder .*m.vae_decoder.onnx is missing"):
         load_decoder(load_denoiser(onnx=out))
-    with pytest.raises(ArtifactError, match="its VAE folder .* is not here: give the folder with --vae-decoder"):
+    with pytest.raises(ArtifactError, match="its VAE folder .* is not here, nor beside .*: give the VAE folder with --vae-decoder"):
         load_decoder(load_denoiser(ckpt=ckpt))
+
+
+def test_a_recorded_relative_vae_folder_is_found_beside_the_checkpoint(tmp_path, tiny_vae, monkeypatch):
+    """A checkpoint records its VAE as given to training ("pretrained/emoji-vae"); moved together with
+    the VAE, it still finds it from any working directory, in the runtime and in the export."""
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tiny_vae, shipped / "the-vae")
+    config = latent_config(shipped / "the-vae")
+    config["latent"]["vae"] = "elsewhere/the-vae"
+    ckpt = write_checkpoint(shipped / "ckpt.pt", config)
+    monkeypatch.chdir(tmp_path)
+    assert load_decoder(load_denoiser(ckpt=ckpt)).path == str(shipped / "the-vae")
+    folder, why_not = to_onnx.find_vae(config, ckpt)
+    assert (folder, why_not) == (str(shipped / "the-vae"), None)
 
 
 @pytest.mark.parametrize("case", ["other channels", "other hash", "vae-dtype on a pixel model", "force alone"])

@@ -500,3 +500,9 @@ def test_training_fine_tunes_an_imported_checkpoint(tmp_path, capsys):
     result = train("--image-size", "32", "--out", str(tmp_path / "bad"))
     assert result.returncode != 0 and "--init-from: checkpoint has image_size=16, this run 32" in result.stderr
     assert result.stderr.strip().count("\n") == 0 and not (tmp_path / "bad" / "ckpt.pt").exists()
+    # training.eval needs the reference dataset, which an imported checkpoint does not record.
+    result = subprocess.run([sys.executable, "-m", "training.eval", str(tmp_path / "imported.pt"), "--steps", "2"],
+                            cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("records no training dataset (an imported checkpoint?): "
+                                                          "give the reference one with --dataset")

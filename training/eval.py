@@ -37,11 +37,11 @@ from tqdm import tqdm
 
 from drwkv import known_warnings
 from drwkv.model import load_checkpoint
-from drwkv.runtime.base import Denoiser
+from drwkv.runtime.base import Denoiser, recorded_vae_folder
 from drwkv.samplers import make_sampler, sample
 from drwkv.schedule import Schedule
 from drwkv.vae import VAEError, decode, encode, load_vae, weights_sha256
-from training.data import load_dataset
+from training.data import DATASETS, load_dataset
 
 CLASSIFIER_VERSION = 1
 
@@ -169,6 +169,9 @@ def main():
     parser.add_argument("--cfg-scale", type=float, default=1.5)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", default=None, choices=DATASETS,
+                        help="the reference dataset (default: the one the checkpoint was trained on; "
+                             "needed for imported checkpoints, which record none)")
     parser.add_argument("--data-dir", default=None, help="dataset directory, as given to training")
     parser.add_argument("--vae", default=None, metavar="FOLDER",
                         help="latent model: the VAE folder, if not where training had it (same weights)")
@@ -182,17 +185,26 @@ def main():
     try:
         config, model = load_checkpoint(args.checkpoint)
         check_sample_steps(args.steps, config)
+        dataset = args.dataset or config.get("dataset")
+        if dataset is None:
+            raise ValueError(f"{args.checkpoint} records no training dataset (an imported checkpoint?): "
+                             f"give the reference one with --dataset")
+        if not config["num_classes"]:
+            raise ValueError(f"{args.checkpoint} is unconditional: the class accuracy this evaluation reports "
+                             f"needs a class-conditional model")
         vae, image_size = None, config["image_size"]
         if "latent" in config:
             latent = config["latent"]
-            folder = args.vae or latent["vae"]
+            folder, why_not = (args.vae, None) if args.vae else recorded_vae_folder(latent, args.checkpoint)
+            if folder is None:
+                raise VAEError(f"{args.checkpoint} is a latent model and {why_not}: give the VAE folder with --vae")
             vae = load_vae(folder)
             if weights_sha256(folder) != latent["vae_sha256"]:
                 raise VAEError(f"{folder}: not the VAE this model was trained with (weights sha256 differs)")
             image_size = latent["image_size"]
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(str(e)) from None
-    classifier, ref = reference(config["dataset"], image_size, args.cache, args.data_dir)
+    classifier, ref = reference(dataset, image_size, args.cache, args.data_dir)
 
     labels = torch.arange(args.num_samples) % config["num_classes"]
     samples = generate(model, config, labels, args.steps, args.cfg_scale, args.seed, args.batch_size, vae, progress=True)
@@ -201,7 +213,7 @@ def main():
     fid = frechet_distance(*gaussian_stats(feats), mu_ref, sigma_ref)
     accuracy = float((preds == labels).float().mean())
     # The same statistic for as many real train images as samples: the floor at this sample count.
-    x_train = load_dataset(config["dataset"], image_size, "train", args.data_dir)[0]
+    x_train = load_dataset(dataset, image_size, "train", args.data_dir)[0]
     real = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:args.num_samples]]
     fid_real = frechet_distance(*gaussian_stats(embed(classifier, real)[0]), mu_ref, sigma_ref)
     if vae is not None:  # what the VAE alone costs: the real images encoded and decoded (posterior mean)
@@ -211,8 +223,8 @@ def main():
 
     rows = [
         ("checkpoint", args.checkpoint),
-        ("model", f"{config['model']} on {config['dataset']} {image_size}px"
-                  + (f" through the VAE {config['latent']['vae']}" if vae is not None else "")),
+        ("model", f"{config['model']} on {dataset} {image_size}px"
+                  + (f" through the VAE {folder}" if vae is not None else "")),
         ("sampling", f"{args.num_samples} samples, DDIM {args.steps} steps, CFG {args.cfg_scale}, seed {args.seed}"),
         ("FID (samples vs test split)", f"{fid:.2f}"),
         (f"FID ({args.num_samples} real train images)", f"{fid_real:.2f}"),

@@ -13,7 +13,8 @@ when chosen, so importing this package, and the ONNX Runtime and TensorRT paths,
 import importlib.util
 import os
 
-from drwkv.runtime.base import ArtifactError, Decoder, Denoiser, check_decoder, decoder_path
+from drwkv.runtime.base import (ArtifactError, Decoder, Denoiser, check_decoder, decoder_path,
+                                 recorded_vae_folder)
 
 __all__ = ["ArtifactError", "Decoder", "Denoiser", "load_decoder", "load_denoiser"]
 
@@ -68,10 +69,10 @@ def load_decoder(denoiser, path=None, **options):
 def _default_decoder(denoiser):
     """The decoder an artifact finds on its own; ArtifactError saying how to provide one."""
     if denoiser.name == "torch":
-        folder = denoiser.latent.get("vae")
-        if not folder or not os.path.isdir(folder):
-            raise ArtifactError(f"{denoiser.path} is a latent model and its VAE folder {folder} is not here: "
-                                f"give the folder with --vae-decoder FOLDER")
+        folder, why_not = recorded_vae_folder(denoiser.latent, denoiser.path)
+        if folder is None:
+            raise ArtifactError(f"{denoiser.path} is a latent model and {why_not}: "
+                                f"give the VAE folder with --vae-decoder FOLDER")
         return folder
     named = getattr(denoiser, "decoder_file", None)
     path = os.path.join(os.path.dirname(denoiser.path), named) if named else decoder_path(denoiser.path)

@@ -108,6 +108,23 @@ def decoder_path(artifact):
     return f"{root}.vae_decoder{ext}"
 
 
+def recorded_vae_folder(latent, artifact):
+    """The VAE folder a latent model's config records -> (folder, None), or (None, why not).
+
+    The record is the folder as it was given to training (often relative, "pretrained/emoji-vae");
+    it is looked for as given, then by its name next to the artifact, so a checkpoint and its VAE
+    moved together keep working from any directory.
+    """
+    recorded = latent.get("vae")
+    if not recorded:
+        return None, "the checkpoint records no VAE folder"
+    beside = os.path.join(os.path.dirname(os.fspath(artifact)), os.path.basename(os.path.normpath(recorded)))
+    for folder in (recorded, beside):
+        if os.path.isdir(folder):
+            return folder, None
+    return None, f"its VAE folder {recorded} is not here, nor beside {os.fspath(artifact)}"
+
+
 def check_decoder(decoder, denoiser):
     """Refuse a decoder that does not decode this denoiser's latents (ArtifactError, one line)."""
     latent = denoiser.latent
