@@ -15,8 +15,9 @@ Procedure
   of as many real train images as samples ("real-data floor") for scale, and for a latent model
   the FID of those images encoded and decoded by its VAE (what the VAE alone costs).
 - Samples: EMA weights, the runtime's DDIM sampler (``drwkv.samplers``, eta 0) with --steps steps
-  and classifier-free guidance --cfg-scale, classes taken in turn (sample i has class i mod
-  num_classes), fixed seed. A latent model's samples are decoded to RGB by its VAE (the folder in
+  and classifier-free guidance --cfg-scale, fixed seed. Sample i has the class of the i-th of
+  num_samples random training images (the floor's images): the classes follow the data's
+  frequencies, as FID against the test split requires on an unbalanced dataset (emoji). A latent model's samples are decoded to RGB by its VAE (the folder in
   config["latent"]["vae"], or --vae), and the classifier works at the VAE's pixel size.
 - Accuracy: fraction of samples that the classifier assigns to the class they were generated for,
   next to its accuracy on the real test split.
@@ -206,15 +207,19 @@ def main():
         raise SystemExit(str(e)) from None
     classifier, ref = reference(dataset, image_size, args.cache, args.data_dir)
 
-    labels = torch.arange(args.num_samples) % config["num_classes"]
+    # Samples and the floor's real images share their labels: those of num_samples random training
+    # images. FID compares distributions, so the classes asked for must follow the data's frequencies
+    # (uniform classes on the unbalanced emoji set cost 20x the floor with real images alone).
+    x_train, y_train = load_dataset(dataset, image_size, "train", args.data_dir)[:2]
+    chosen = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:args.num_samples]
+    labels = y_train[chosen].long()
     samples = generate(model, config, labels, args.steps, args.cfg_scale, args.seed, args.batch_size, vae, progress=True)
     feats, preds = embed(classifier, samples)
     mu_ref, sigma_ref = ref["test_mu"].numpy(), ref["test_sigma"].numpy()
     fid = frechet_distance(*gaussian_stats(feats), mu_ref, sigma_ref)
     accuracy = float((preds == labels).float().mean())
     # The same statistic for as many real train images as samples: the floor at this sample count.
-    x_train = load_dataset(dataset, image_size, "train", args.data_dir)[0]
-    real = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:args.num_samples]]
+    real = x_train[chosen]
     fid_real = frechet_distance(*gaussian_stats(embed(classifier, real)[0]), mu_ref, sigma_ref)
     if vae is not None:  # what the VAE alone costs: the real images encoded and decoded (posterior mean)
         reconstructed = torch.cat([decode(vae, encode(vae, real[i:i + args.batch_size])[0])
