@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from drwkv import known_warnings
 from drwkv.model import load_checkpoint
-from drwkv.runtime.base import Denoiser, recorded_vae_folder
+from drwkv.runtime.base import recorded_vae_folder
+from drwkv.runtime.torch_ckpt import TorchDenoiser
 from drwkv.samplers import make_sampler, sample
 from drwkv.schedule import Schedule
 from drwkv.vae import VAEError, decode, encode, load_vae, weights_sha256
@@ -126,21 +127,6 @@ def reference(dataset, image_size, cache_dir, data_dir=None):
     return classifier, cached
 
 
-class ModelDenoiser(Denoiser):
-    """A torch model in memory (the EMA model of a run) as a runtime Denoiser, for drwkv.samplers."""
-
-    name = "torch"
-
-    def __init__(self, model, config, device="cpu"):
-        self.model, self.config, self.device = model, config, device
-
-    def forward(self, x, t, y):
-        with torch.inference_mode():
-            out = self.model(torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device),
-                             torch.from_numpy(y).to(self.device))
-        return out.float().cpu().numpy()
-
-
 def check_sample_steps(steps, config):
     """ValueError unless the runtime's samplers can take ``steps`` steps of the model's schedule."""
     timesteps = len(Schedule.from_config(config))
@@ -152,7 +138,7 @@ def check_sample_steps(steps, config):
 def generate(model, config, labels, steps, cfg_scale, seed, batch_size=100, vae=None, device="cpu", progress=False):
     """Images float32 [N, C, H, W] in [-1, 1] of classes ``labels`` (int64 [N]) from ``model`` through the
     runtime's DDIM sampler (eta 0; x0 clipped for pixel models only); latents are decoded by ``vae``."""
-    denoiser = ModelDenoiser(model.eval(), config, device)
+    denoiser = TorchDenoiser.from_model(model, config, device)
     sampler = make_sampler("ddim", Schedule.from_config(config), steps, clip_x0="latent" not in config)
     out = []
     for i in tqdm(range(0, len(labels), batch_size), desc="sampling", disable=not progress):

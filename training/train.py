@@ -41,6 +41,7 @@ from tqdm import tqdm
 from drwkv import known_warnings
 from drwkv.diffusion import diffusion_from_config
 from drwkv.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_CONFIGS, build_model, read_checkpoint
+from drwkv.png import make_grid, save_png, to_uint8
 from drwkv.vae import VAEError, latent_space, load_vae
 from training.data import DATASETS, batch_indices, load_dataset
 from training.eval import generate
@@ -119,18 +120,9 @@ def atomic_save(obj, path):
 
 
 def save_grid(images, path, nrow):
-    """images [N, C, H, W] in [-1, 1] -> PNG grid with nrow images per row and 2 px gaps."""
-    from PIL import Image
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    n, c, h, w = x.shape
-    rows = math.ceil(n / nrow)
-    grid = torch.zeros(c, rows * (h + 2) + 2, nrow * (w + 2) + 2, dtype=torch.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        grid[:, 2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + col * (w + 2): 2 + col * (w + 2) + w] = x[i]
-    array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
+    """images [N, C, H, W] in [-1, 1] -> PNG grid with nrow images per row (drwkv.png), written atomically."""
     tmp = f"{path}.tmp{os.getpid()}.png"
-    Image.fromarray(array).save(tmp)
+    save_png(tmp, make_grid(to_uint8(images.float().cpu().numpy()), nrow))
     os.replace(tmp, path)
 
 

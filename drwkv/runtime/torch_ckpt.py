@@ -21,12 +21,24 @@ class TorchDenoiser(Denoiser):
 
         path = os.fspath(path)
         try:
-            self.config, self.model = load_checkpoint(path, map_location=device)
+            config, model = load_checkpoint(path, map_location=device)
         except (FileNotFoundError, ValueError) as e:
             raise ArtifactError(str(e)) from None
         if threads:
             torch.set_num_threads(int(threads))
-        self.path = path
+        self._attach(path, config, model, device)
+
+    @classmethod
+    def from_model(cls, model, config, device="cpu"):
+        """A model in memory (a training run's EMA model) as a Denoiser, for drwkv.samplers."""
+        denoiser = cls.__new__(cls)
+        denoiser._attach(None, config, model.eval(), device)
+        return denoiser
+
+    def _attach(self, path, config, model, device):
+        import torch
+
+        self.path, self.config, self.model = path, config, model
         self.device = torch.device(device)
         self._torch = torch
 
