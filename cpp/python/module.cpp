@@ -2,11 +2,14 @@
 // that the module links against neither torch nor a CUDA runtime shared library.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "drwkv/bi_wkv.h"
+#include "drwkv/fused_cpu.h"
 
 namespace py = pybind11;
 using drwkv::DType;
@@ -79,6 +82,26 @@ py::array forward_numpy(py::array_t<float, py::array::c_style | py::array::force
   return y;
 }
 
+// The fused CPU passes (fused_cpu.h) on raw addresses, for drwkv.runtime.ort_split, which holds
+// ONNX Runtime's tensors and numpy buffers; the caller checks shapes and types.
+void shift_mix(uintptr_t x, uintptr_t scale1p, uintptr_t shift, int64_t B, int64_t H, int64_t W, int64_t C,
+               const std::vector<uintptr_t>& mix, const std::vector<uintptr_t>& keep, const std::vector<uintptr_t>& out,
+               int threads) {
+  if (mix.size() != keep.size() || mix.size() != out.size())
+    throw std::invalid_argument("shift_mix: mix, keep and out must have one address per mix");
+  std::vector<const float*> m, k;
+  std::vector<float*> o;
+  for (size_t i = 0; i < mix.size(); ++i) {
+    m.push_back(static_cast<const float*>(ptr(mix[i])));
+    k.push_back(static_cast<const float*>(ptr(keep[i])));
+    o.push_back(static_cast<float*>(ptr(out[i])));
+  }
+  py::gil_scoped_release release;
+  drwkv::shift_mix_cpu(static_cast<const float*>(ptr(x)), static_cast<const float*>(ptr(scale1p)),
+                       static_cast<const float*>(ptr(shift)), B, H, W, C, int(m.size()), m.data(), k.data(), o.data(),
+                       threads);
+}
+
 }  // namespace
 
 void bind_samplers(py::module_& m);  // samplers_binding.cpp
@@ -103,5 +126,26 @@ PYBIND11_MODULE(_C, m) {
   m.def("bi_wkv_backward_workspace_size", [](int64_t B, int64_t T, int64_t C, bool cuda) {
     return cuda ? DRWKV_CUDA_SIZE(drwkv::bi_wkv_backward_workspace_size(B, T, C)) : size_t(0);
   });
+  m.def("bi_wkv_forward_cpu", [](uintptr_t w, uintptr_t u, uintptr_t k, uintptr_t v, uintptr_t y, int64_t B, int64_t T,
+                                 int64_t C, int dtype, int threads) {
+    py::gil_scoped_release release;
+    drwkv::bi_wkv_forward_cpu(DType(dtype), ptr(w), ptr(u), ptr(k), ptr(v), ptr(y), nullptr, B, T, C, threads);
+  }, "Bi-WKV forward, y only, on raw CPU addresses with a thread count (0 = OpenMP's default)");
+  m.def("shift_mix", &shift_mix, "Q-Shift and token mixes after modulation (fused_cpu.h), raw addresses");
+  m.def("sigmoid_gate", [](uintptr_t y, uintptr_t r, int64_t n, int threads) {
+    py::gil_scoped_release release;
+    drwkv::sigmoid_gate_cpu(static_cast<float*>(ptr(y)), static_cast<const float*>(ptr(r)), n, threads);
+  }, "y *= sigmoid(r) in place (fused_cpu.h), raw addresses");
+  m.def("relu_square", [](uintptr_t y, int64_t n, int threads) {
+    py::gil_scoped_release release;
+    drwkv::relu_square_cpu(static_cast<float*>(ptr(y)), n, threads);
+  }, "y = max(y, 0)^2 in place (fused_cpu.h), raw addresses");
+  m.def("gated_residual", [](uintptr_t x, uintptr_t gate, uintptr_t branch, uintptr_t r, uintptr_t out, int64_t B,
+                             int64_t T, int64_t C, int threads) {
+    py::gil_scoped_release release;
+    drwkv::gated_residual_cpu(static_cast<const float*>(ptr(x)), static_cast<const float*>(ptr(gate)),
+                              static_cast<const float*>(ptr(branch)), static_cast<const float*>(ptr(r)),
+                              static_cast<float*>(ptr(out)), B, T, C, threads);
+  }, "out = x + gate * branch (* sigmoid(r)) (fused_cpu.h), raw addresses");
   bind_samplers(m);
 }

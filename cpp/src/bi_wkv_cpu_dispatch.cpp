@@ -1,9 +1,11 @@
-// Picks the CPU kernel build for this processor: AVX2+FMA where available, the baseline otherwise.
+// Picks the CPU kernel build for this processor (Bi-WKV and the fused passes of fused_cpu.h): AVX2+FMA
+// where available, the baseline otherwise.
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "drwkv/bi_wkv.h"
+#include "drwkv/fused_cpu.h"
 
 namespace drwkv {
 
@@ -13,6 +15,12 @@ namespace drwkv {
                int64_t, int);                                                                                \
   void backward(DType, const void*, const void*, const void*, const void*, const void*, const void*,         \
                 const void*, void*, void*, void*, void*, int64_t, int64_t, int64_t, int);                    \
+  void shift_mix(const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t, int,          \
+                 const float* const*, const float* const*, float* const*, int);                              \
+  void sigmoid_gate(float*, const float*, int64_t, int);                                                     \
+  void relu_square(float*, int64_t, int);                                                                    \
+  void gated_residual(const float*, const float*, const float*, const float*, float*, int64_t, int64_t,      \
+                      int64_t, int);                                                                         \
   }
 DRWKV_DECLARE_CPU_KERNELS(baseline)
 #ifdef DRWKV_HAVE_AVX2
@@ -58,6 +66,30 @@ void bi_wkv_backward_cpu(DType dtype, const void* w, const void* u, const void* 
   if (use_avx2()) return avx2::backward(dtype, w, u, k, v, y, lse, gy, gw, gu, gk, gv, B, T, C, threads);
 #endif
   baseline::backward(dtype, w, u, k, v, y, lse, gy, gw, gu, gk, gv, B, T, C, threads);
+}
+
+// The fused passes: the same dispatch.
+#ifdef DRWKV_HAVE_AVX2
+#define DRWKV_CPU_CALL(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : baseline::fn(__VA_ARGS__))
+#else
+#define DRWKV_CPU_CALL(fn, ...) baseline::fn(__VA_ARGS__)
+#endif
+
+void shift_mix_cpu(const float* x, const float* scale1p, const float* shift, int64_t B, int64_t H, int64_t W,
+                   int64_t C, int n, const float* const* mix, const float* const* keep, float* const* out,
+                   int threads) {
+  DRWKV_CPU_CALL(shift_mix, x, scale1p, shift, B, H, W, C, n, mix, keep, out, resolve_threads(threads));
+}
+
+void sigmoid_gate_cpu(float* y, const float* r, int64_t n, int threads) {
+  DRWKV_CPU_CALL(sigmoid_gate, y, r, n, resolve_threads(threads));
+}
+
+void relu_square_cpu(float* y, int64_t n, int threads) { DRWKV_CPU_CALL(relu_square, y, n, resolve_threads(threads)); }
+
+void gated_residual_cpu(const float* x, const float* gate, const float* branch, const float* r, float* out,
+                        int64_t B, int64_t T, int64_t C, int threads) {
+  DRWKV_CPU_CALL(gated_residual, x, gate, branch, r, out, B, T, C, resolve_threads(threads));
 }
 
 }  // namespace drwkv
