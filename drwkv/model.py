@@ -337,8 +337,12 @@ class ChannelMix(nn.Module):
         r = self.receptance(token_mix(x, xx, self.mix_r))
         # relu and sigmoid in place on Linear outputs (their backward needs only their own result).
         # square in place only without autograd, where relu's saved result need not survive.
+        # Exported, the square is a Mul: runtimes run Pow with a general exponent, several times slower.
         k = torch.relu_(k)
-        k = k.square_() if not torch.is_grad_enabled() else k.square()
+        if _tracing():
+            k = k * k
+        else:
+            k = k.square_() if not torch.is_grad_enabled() else k.square()
         return torch.sigmoid_(r) * self.value(k)
 
 

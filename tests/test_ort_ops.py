@@ -34,7 +34,7 @@ def _run(onnx_path, change, out_path):
         from drwkv.runtime import load_denoiser
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            d = load_denoiser(onnx={str(onnx_path)!r})
+            d = load_denoiser(onnx={str(onnx_path)!r}, fuse=False)  # the one-session path, through the bridge
             rng = np.random.default_rng(0)
             out = d(rng.standard_normal((2, 3, 4, 4), dtype=np.float32), np.array([10, 900], np.float32),
                     np.array([0, 1]))

@@ -48,13 +48,29 @@ void for_rows(int64_t rows, int64_t values_per_row, int threads, Fn fn) {
 }
 
 // The mixes of channels [c0, c1) of one token: h from x (modulated), xx from the neighbour row
-// `nb` (modulated the same way) or zero when nb is null.
+// `nb` (modulated the same way) or zero when nb is null. Eight channels at a time, then the rest.
+template <bool kModulate>
+inline VecF modulated(const float* p, const float* sc, const float* sh, int64_t c) {
+  return kModulate ? load(p + c) * load(sc + c) + load(sh + c) : load(p + c);
+}
+template <bool kModulate>
+inline float modulated1(const float* p, const float* sc, const float* sh, int64_t c) {
+  return kModulate ? p[c] * sc[c] + sh[c] : p[c];
+}
+
 template <int N, bool kModulate>
 inline void mix_channels(const float* x, const float* nb, const float* sc, const float* sh, int64_t c0,
                          int64_t c1, const float* const* mix, const float* const* keep, float* const* out) {
-  for (int64_t c = c0; c < c1; ++c) {
-    const float h = kModulate ? x[c] * sc[c] + sh[c] : x[c];
-    const float xx = nb == nullptr ? 0.0f : (kModulate ? nb[c] * sc[c] + sh[c] : nb[c]);
+  int64_t c = c0;
+  for (; c + kWidth <= c1; c += kWidth) {
+    const VecF h = modulated<kModulate>(x, sc, sh, c);
+    const VecF xx = nb == nullptr ? VecF{} : modulated<kModulate>(nb, sc, sh, c);
+#pragma GCC unroll 4
+    for (int i = 0; i < N; ++i) store(out[i] + c, h * load(mix[i] + c) + xx * load(keep[i] + c));
+  }
+  for (; c < c1; ++c) {
+    const float h = modulated1<kModulate>(x, sc, sh, c);
+    const float xx = nb == nullptr ? 0.0f : modulated1<kModulate>(nb, sc, sh, c);
 #pragma GCC unroll 4
     for (int i = 0; i < N; ++i) out[i][c] = h * mix[i][c] + xx * keep[i][c];
   }
@@ -124,9 +140,15 @@ void relu_square(float* y, int64_t n, int threads) {
   const int64_t block = 4096;
   for_rows((n + block - 1) / block, block, threads, [&](int64_t blk) {
     const int64_t start = blk * block, end = std::min(n, start + block);
-    for (int64_t i = start; i < end; ++i) {
-      const float v = y[i] > 0.0f ? y[i] : (y[i] == y[i] ? 0.0f : y[i]);  // NaN stays NaN, as relu's
-      y[i] = v * v;
+    int64_t i = start;
+    for (; i + kWidth <= end; i += kWidth) {
+      const VecF v = load(y + i);
+      const VecF r = v > 0.0f ? v : (v == v ? VecF{} : v);  // NaN stays NaN, as relu's
+      store(y + i, r * r);
+    }
+    for (; i < end; ++i) {
+      const float r = y[i] > 0.0f ? y[i] : (y[i] == y[i] ? 0.0f : y[i]);
+      y[i] = r * r;
     }
   });
 }
@@ -146,6 +168,7 @@ void gated_residual(const float* x, const float* gate, const float* branch, cons
         store(o + c, load(xr + c) + load(g + c) * (lane_sigmoid(load(rr + c)) * load(br + c)));
       for (; c < C; ++c) o[c] = xr[c] + g[c] * (sigmoid(rr[c]) * br[c]);
     } else {
+      for (; c + kWidth <= C; c += kWidth) store(o + c, load(xr + c) + load(g + c) * load(br + c));
       for (; c < C; ++c) o[c] = xr[c] + g[c] * br[c];
     }
   });

@@ -10,8 +10,13 @@ Two kinds of graph:
   (``--dtype fp16`` exports) gets Casts to float32 around it, as the Python op bridge is float32-only.
 - portable (``--portable``): standard ONNX ops only; it runs as it is, on any provider.
 
-The CUDA execution provider is used when onnxruntime offers it (the BiWKV Python op itself runs on
-the CPU; ONNX Runtime moves its tensors).
+On the CPU (the default when onnxruntime offers no CUDA provider) the denoiser runs through
+``drwkv.runtime.ort_split``: the graph is cut at its BiWKV nodes and at the element-wise patterns
+``drwkv.runtime.ort_fusion`` recognises, ONNX Runtime runs the standard ops between the cuts, and
+the native kernels run the rest on ONNX Runtime's tensors in place (``fuse=False`` keeps the whole
+graph in one session, with the BiWKV Python op). The CUDA execution provider is used when
+onnxruntime offers it, with the whole graph in one session (the BiWKV Python op itself runs on the
+CPU; ONNX Runtime moves its tensors).
 """
 import os
 
@@ -146,28 +151,49 @@ def route_bi_wkv_to_extensions(model, domain):
 
 
 class OnnxRuntimeDenoiser(Denoiser):
-    """A drwkv ONNX denoiser in an onnxruntime InferenceSession.
+    """A drwkv ONNX denoiser in ONNX Runtime.
 
-    intra_op_threads: ONNX Runtime's thread count (default: ORT's own choice). ORT's worker threads
-    do not spin while idle here, since the BiWKV kernel runs its own OpenMP threads in between.
+    intra_op_threads: ONNX Runtime's thread count, and the native kernels' on the CPU path (default:
+    ORT's own choice, and OpenMP's). ORT's worker threads do not spin while idle here, since the
+    native kernels run their own OpenMP threads in between.
+    fuse: on the CPU, run through drwkv.runtime.ort_split with the element-wise patterns fused
+    (default True); False runs the whole graph in one session with the BiWKV Python op.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path, providers=None, intra_op_threads=None):
+    def __init__(self, path, providers=None, intra_op_threads=None, fuse=True):
         model, self.config = read_onnx(path)
         self.path = os.fspath(path)
         meta = {p.key: p.value for p in model.metadata_props}
         self.exported_vae_sha256 = meta.get(VAE_SHA256_KEY)
         #: The decoder file the export wrote next to this model (None: none was written).
         self.decoder_file = meta.get(DECODER_FILE_KEY)
+        inputs = {i.name: i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}}
+        if set(inputs) != {"x", "t", "y"}:
+            raise ArtifactError(f"{self.path}: expected inputs x, t, y; the graph has {sorted(inputs)}")
+        self._x_dtype = np.float16 if inputs["x"].type.tensor_type.elem_type == 10 else np.float32
+        if providers is None:
+            import onnxruntime as ort
+            available = ort.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        #: The fused patterns ({op: count}) on the CPU path; None when the graph runs in one session.
+        #: custom_ops: how many BiWKV nodes drwkv's kernel runs, on either path.
+        self.fused = None
+        if fuse and list(providers) == ["CPUExecutionProvider"]:
+            from drwkv.runtime.ort_split import SplitSession
+            try:
+                self.session = SplitSession(model, intra_op_threads=intra_op_threads)
+            except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
+                raise ArtifactError(f"{self.path}: onnxruntime cannot load the graph: "
+                                    f"{str(e).strip().splitlines()[0][:300]}") from None
+            self.fused = self.session.fused
+            self.custom_ops = self.fused.get("BiWKV", 0)
+            self.providers = list(providers)
+            return
         from drwkv import ort_ops
         self.custom_ops = route_bi_wkv_to_extensions(model, ort_ops.DOMAIN)
         self.session = _session(model, self.path, providers, intra_op_threads, custom_ops=self.custom_ops > 0)
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        if set(inputs) != {"x", "t", "y"}:
-            raise ArtifactError(f"{self.path}: expected inputs x, t, y; the graph has {sorted(inputs)}")
-        self._x_dtype = np.float16 if inputs["x"].type == "tensor(float16)" else np.float32
         self.providers = self.session.get_providers()
 
     def forward(self, x, t, y):

@@ -1,0 +1,318 @@
+"""ONNX Runtime's CPU path, part 2: a graph with native nodes run as ONNX Runtime sessions of its
+standard ops, with the native nodes in between.
+
+ONNX Runtime's wheels carry no C headers, so a native kernel cannot be registered with it; the
+Python custom-op bridge (drwkv.ort_ops) copies every input and output once more and takes the GIL.
+Here instead the graph is cut at each native node (the BiWKV nodes and the fused nodes of
+drwkv.runtime.ort_fusion): each run of standard ops between two cuts is its own InferenceSession,
+and the values crossing a cut stay where they are, handed on as OrtValues through IOBinding. A
+native node reads ONNX Runtime's tensors in place and writes into buffers of its own that are
+reused from call to call (allocations that large would otherwise be mapped and page-faulted afresh
+by every call).
+
+    session = SplitSession(model, intra_op_threads=2)     # ModelProto; rewritten in memory
+    y, = session.run(["out"], {"x": x, "t": t, "y": labels})
+
+Threads: ``intra_op_threads`` for ONNX Runtime and the native nodes alike (default: ONNX Runtime's
+choice, and OpenMP's default for the native nodes).
+"""
+import collections
+import json
+import os
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from drwkv import _C
+from drwkv.runtime import ort_fusion
+
+BIWKV_DOMAIN = ort_fusion.BIWKV_DOMAIN
+NATIVE_DOMAIN = ort_fusion.NATIVE_DOMAIN
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def value_info(model):
+    """{name: (element type, dims)} of every value the graph declares or ONNX infers; dims are ints,
+    or None where dynamic."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    info = {}
+    for t in graph.initializer:
+        info[t.name] = (t.data_type, list(t.dims))
+    for v in (*graph.input, *graph.value_info, *graph.output):
+        tensor = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim] \
+            if tensor.HasField("shape") else None
+        info[v.name] = (tensor.elem_type, dims)
+    return info
+
+
+class _Segment:
+    """Standard ops between two cuts, as one InferenceSession."""
+
+    def __init__(self, session, inputs, outputs):
+        self.session, self.inputs, self.outputs = session, inputs, outputs
+
+    def run(self, values, threads):
+        binding = self.session.io_binding()
+        for name in self.inputs:
+            binding.bind_ortvalue_input(name, values[name])
+        for name in self.outputs:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        values.update(zip(self.outputs, binding.get_outputs()))
+
+
+class _Native:
+    """One native node: its inputs are values of the run or constants of the graph."""
+
+    def __init__(self, node, constants, in_place):
+        self.node, self.op_type = node, node.op_type
+        self.inputs = list(node.input)
+        self.outputs = list(node.output)
+        self.constants = {name: np.ascontiguousarray(constants[name]) for name in self.inputs if name in constants}
+        self.attrs = {a.name: a.i for a in node.attribute}
+        self.in_place = in_place  # the inputs this node may overwrite (made by an earlier step, read by no later one)
+        self._buffers = {}
+
+    def _buffer(self, name, shape, dtype):
+        """A reusable output buffer (fresh for the first call at a shape)."""
+        key = (name, tuple(shape), np.dtype(dtype))
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = np.empty(shape, dtype)
+        return buffer
+
+    def _address(self, values, name):
+        """(address, shape, dtype) of an input; (0, None, None) for an omitted one."""
+        if not name:
+            return 0, None, None
+        if name in self.constants:
+            array = self.constants[name]
+            return array.ctypes.data, array.shape, array.dtype
+        value = values[name]
+        return value.data_ptr(), tuple(value.shape()), _ORT_TYPES.get(value.data_type())
+
+    def run(self, values, threads):
+        import onnxruntime as ort
+
+        ins = [self._address(values, name) for name in self.inputs]
+        result = getattr(self, "_" + self.op_type)(values, ins, threads)
+        for name, array in zip(self.outputs, result):
+            values[name] = array if isinstance(array, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(array)
+
+    def _float32(self, ins, what):
+        for address, shape, dtype in ins:
+            if address and dtype != np.float32:
+                raise RuntimeError(f"{self.node.name}: {what} takes float32 tensors, got {dtype}")
+
+    def _BiWKV(self, values, ins, threads):
+        (w, w_shape, w_type), (u, _, u_type), (k, shape, dtype), (v, v_shape, v_type) = ins[:4]
+        if len(shape) != 3 or v_shape != shape or w_shape != (shape[2],) or w_type != np.float32 or \
+                u_type != np.float32 or v_type != dtype or dtype not in (np.float32, np.float16):
+            raise RuntimeError(f"{self.node.name}: BiWKV takes w, u float32 [C] and k, v [B, T, C] of one type, "
+                               f"got k {shape} {dtype}, v {v_shape} {v_type}, w {w_shape}")
+        y = self._buffer(self.outputs[0], shape, dtype)
+        B, T, C = shape
+        code = _C.DTYPE_FLOAT16 if dtype == np.float16 else _C.DTYPE_FLOAT32
+        _C.bi_wkv_forward_cpu(w, u, k, v, y.ctypes.data, B, T, C, code, threads)
+        if len(ins) > 4:  # the receptance gate: y * sigmoid(r)
+            self._float32(ins[4:] + ins[2:3], "the gated BiWKV")
+            if ins[4][1] != shape:
+                raise RuntimeError(f"{self.node.name}: r has shape {ins[4][1]}, k {shape}")
+            _C.sigmoid_gate(y.ctypes.data, ins[4][0], y.size, threads)
+        return [y]
+
+    def _ShiftMix(self, values, ins, threads):
+        self._float32(ins, "ShiftMix")
+        (x, shape, _), (scale, scale_shape, _), (shift, shift_shape, _) = ins[:3]
+        H, W = self.attrs["grid_h"], self.attrs["grid_w"]
+        if len(shape) != 3 or shape[1] != H * W:
+            raise RuntimeError(f"{self.node.name}: ShiftMix expects tokens [B, {H * W}, C], got {shape}")
+        B, T, C = shape
+        if scale and (scale_shape != (B, 1, C) or shift_shape != (B, 1, C)):
+            raise RuntimeError(f"{self.node.name}: modulation must be [B, 1, C] = {(B, 1, C)}, "
+                               f"got {scale_shape} and {shift_shape}")
+        pairs = ins[3:]
+        if any(s != (C,) for _, s, _ in pairs):
+            raise RuntimeError(f"{self.node.name}: token mixes must have shape [{C}]")
+        outs = [self._buffer(name, shape, np.float32) for name in self.outputs]
+        _C.shift_mix(x, scale, shift, B, H, W, C, [a for a, _, _ in pairs[0::2]], [a for a, _, _ in pairs[1::2]],
+                     [o.ctypes.data for o in outs], threads)
+        return outs
+
+    def _ReluSquare(self, values, ins, threads):
+        self._float32(ins, "ReluSquare")
+        if self.inputs[0] in self.in_place:
+            _C.relu_square(ins[0][0], int(np.prod(ins[0][1])), threads)
+            return [values[self.inputs[0]]]
+        out = self._buffer(self.outputs[0], ins[0][1], np.float32)
+        out[...] = values[self.inputs[0]].numpy()
+        _C.relu_square(out.ctypes.data, out.size, threads)
+        return [out]
+
+    def _GatedResidual(self, values, ins, threads):
+        self._float32(ins, "GatedResidual")
+        (x, shape, _), (gate, gate_shape, _), (branch, branch_shape, _) = ins[:3]
+        r = ins[3] if len(ins) > 3 else (0, shape, None)
+        if len(shape) != 3 or branch_shape != shape or r[1] != shape or gate_shape != (shape[0], 1, shape[2]):
+            raise RuntimeError(f"{self.node.name}: GatedResidual expects x, branch, r [B, T, C] and gate [B, 1, C], "
+                               f"got {shape}, {branch_shape}, {r[1]}, {gate_shape}")
+        overwritten = next((i for i in (2, 0) if self.inputs[i] in self.in_place), None)
+        if overwritten is not None:  # into the branch or x, which nothing reads later
+            out_value, out = values[self.inputs[overwritten]], ins[overwritten][0]
+        else:
+            out_value = self._buffer(self.outputs[0], shape, np.float32)
+            out = out_value.ctypes.data
+        _C.gated_residual(x, gate, branch, r[0], out, *shape, threads)
+        return [out_value]
+
+
+class SplitSession:
+    """``model`` (a ModelProto, rewritten in place) run as ONNX Runtime sessions and native nodes.
+
+    fuse: also fuse the element-wise patterns of drwkv.runtime.ort_fusion (False: only the BiWKV
+    nodes run natively). profile: record ONNX Runtime's and the native nodes' time per op type for
+    ``op_times()``.
+    """
+
+    def __init__(self, model, intra_op_threads=None, fuse=True, profile=False):
+        import onnxruntime as ort
+        from onnx import helper
+
+        self.threads = int(intra_op_threads or 0)
+        info = value_info(model)
+        self.fused = ort_fusion.fuse(model, info) if fuse else _natives_only(model)
+        graph = model.graph
+        constants = {t.name: t for t in graph.initializer}
+        from onnx import numpy_helper
+        graph_inputs = [i.name for i in graph.input if i.name not in constants]
+        self.inputs = graph_inputs
+        self.output_names = [o.name for o in graph.output]
+
+        # Cut the node list at every native node.
+        groups, current = [], []
+        for node in graph.node:
+            if node.domain == NATIVE_DOMAIN:
+                if current:
+                    groups.append(current)
+                groups.append(node)
+                current = []
+            else:
+                current.append(node)
+        if current:
+            groups.append(current)
+        # The step after which each value is read for the last time.
+        last_read = {}
+        for index, group in enumerate(groups):
+            for node in group if isinstance(group, list) else [group]:
+                for name in node.input:
+                    last_read[name] = index
+        for name in self.output_names:
+            last_read[name] = len(groups)
+
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        self.steps, self.release = [], []
+        produced = set()  # values made by the steps (graph inputs are the caller's: never overwritten)
+        for index, group in enumerate(groups):
+            if isinstance(group, list):
+                made = {o for n in group for o in n.output}
+                used = [i for n in group for i in n.input if i and i not in made and i not in constants]
+                inputs = list(dict.fromkeys(used))
+                outputs = [o for n in group for o in n.output if o and last_read.get(o, -1) > index]
+                inits = list(dict.fromkeys(i for n in group for i in n.input if i in constants))
+                sub = helper.make_graph(group, f"segment_{index}", [_declare(name, info) for name in inputs],
+                                        [_declare(name, info) for name in outputs],
+                                        [constants[name] for name in inits])
+                sub_model = helper.make_model(sub, opset_imports=[o for o in model.opset_import
+                                                                   if o.domain not in (BIWKV_DOMAIN, NATIVE_DOMAIN)],
+                                              ir_version=model.ir_version)
+                if profile:  # one profile file per segment
+                    options.enable_profiling = True
+                    options.profile_file_prefix = os.path.join(tempfile.gettempdir(),
+                                                               f"drwkv_profile_{os.getpid()}_{id(self)}_{index}")
+                session = ort.InferenceSession(sub_model.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+                self.steps.append(_Segment(session, inputs, outputs))
+            else:
+                in_place = {name for name in group.input if name in produced and last_read.get(name) == index
+                            and name not in self.output_names and list(group.input).count(name) == 1}
+                arrays = {name: numpy_helper.to_array(constants[name]) for name in group.input if name in constants}
+                self.steps.append(_Native(group, arrays, in_place))
+                made = set(group.output)
+            produced.update(made)
+            self.release.append([name for name, last in last_read.items() if last == index])
+        self.profile = profile
+        self._native_ms = collections.Counter()
+        self._lock = threading.Lock()
+
+    def run(self, output_names, feeds):
+        """-> [numpy array per name in output_names] (graph outputs)."""
+        import onnxruntime as ort
+
+        with self._lock:
+            values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feeds[name])) for name in self.inputs}
+            native_ms = collections.Counter()
+            for step, release in zip(self.steps, self.release):
+                start = time.perf_counter() if self.profile else 0.0
+                step.run(values, self.threads)
+                if self.profile and isinstance(step, _Native):
+                    native_ms[step.op_type] += 1e3 * (time.perf_counter() - start)
+                for name in release:
+                    values.pop(name, None)
+            self._native_ms = native_ms
+            return [values[name].numpy() for name in output_names]
+
+    def op_times(self):
+        """{op type: ms} of the last run (profile=True): ONNX Runtime's kernels and the native nodes
+        (prefixed "native ")."""
+        if not self.profile:
+            raise RuntimeError("op_times needs SplitSession(..., profile=True)")
+        times = collections.Counter({f"native {op}": ms for op, ms in self._native_ms.items()})
+        for step in self.steps:
+            if isinstance(step, _Segment):
+                times.update(ort_op_times(step.session))
+        return dict(times)
+
+
+def ort_op_times(session):
+    """{op type: ms} of the last run of an InferenceSession created with enable_profiling; ends its profiling."""
+    path = session.end_profiling()
+    try:
+        with open(path) as f:
+            events = json.load(f)
+    finally:
+        os.remove(path)
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    if not runs:
+        return {}
+    start, end = runs[-1]["ts"], runs[-1]["ts"] + runs[-1]["dur"]
+    times = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and start <= e["ts"] <= end:
+            times[e["args"]["op_name"]] += e["dur"] / 1e3
+    return dict(times)
+
+
+def _declare(name, info):
+    from onnx import helper
+
+    elem_type, dims = info.get(name, (ort_fusion.FLOAT, None))
+    return helper.make_tensor_value_info(name, elem_type, None if dims is None else
+                                         [d if d is not None else f"{name}_dim{i}" for i, d in enumerate(dims)])
+
+
+def _natives_only(model):
+    """Move the BiWKV nodes into the native domain, nothing else; -> {"BiWKV": count}."""
+    count = 0
+    for node in model.graph.node:
+        if node.domain == BIWKV_DOMAIN and node.op_type == "BiWKV":
+            node.domain = NATIVE_DOMAIN
+            count += 1
+    return {"BiWKV": count}
