@@ -86,7 +86,7 @@ py::array forward_numpy(py::array_t<float, py::array::c_style | py::array::force
 // ONNX Runtime's tensors and numpy buffers; the caller checks shapes and types.
 void shift_mix(uintptr_t x, uintptr_t scale1p, uintptr_t shift, int64_t B, int64_t H, int64_t W, int64_t C,
                const std::vector<uintptr_t>& mix, const std::vector<uintptr_t>& keep, const std::vector<uintptr_t>& out,
-               int threads) {
+               int threads, uintptr_t norm_weight, uintptr_t norm_bias, float norm_eps) {
   if (mix.size() != keep.size() || mix.size() != out.size())
     throw std::invalid_argument("shift_mix: mix, keep and out must have one address per mix");
   std::vector<const float*> m, k;
@@ -96,10 +96,12 @@ void shift_mix(uintptr_t x, uintptr_t scale1p, uintptr_t shift, int64_t B, int64
     k.push_back(static_cast<const float*>(ptr(keep[i])));
     o.push_back(static_cast<float*>(ptr(out[i])));
   }
+  const drwkv::LayerNormParams norm{static_cast<const float*>(ptr(norm_weight)),
+                                   static_cast<const float*>(ptr(norm_bias)), norm_eps};
   py::gil_scoped_release release;
   drwkv::shift_mix_cpu(static_cast<const float*>(ptr(x)), static_cast<const float*>(ptr(scale1p)),
                        static_cast<const float*>(ptr(shift)), B, H, W, C, int(m.size()), m.data(), k.data(), o.data(),
-                       threads);
+                       threads, norm_weight ? &norm : nullptr);
 }
 
 }  // namespace
@@ -131,7 +133,10 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     drwkv::bi_wkv_forward_cpu(DType(dtype), ptr(w), ptr(u), ptr(k), ptr(v), ptr(y), nullptr, B, T, C, threads);
   }, "Bi-WKV forward, y only, on raw CPU addresses with a thread count (0 = OpenMP's default)");
-  m.def("shift_mix", &shift_mix, "Q-Shift and token mixes after modulation (fused_cpu.h), raw addresses");
+  m.def("shift_mix", &shift_mix, py::arg("x"), py::arg("scale1p"), py::arg("shift"), py::arg("B"), py::arg("H"),
+        py::arg("W"), py::arg("C"), py::arg("mix"), py::arg("keep"), py::arg("out"), py::arg("threads") = 0,
+        py::arg("norm_weight") = 0, py::arg("norm_bias") = 0, py::arg("norm_eps") = 1e-5f,
+        "Q-Shift and token mixes after a LayerNorm (norm_weight != 0) and modulation (fused_cpu.h), raw addresses");
   m.def("sigmoid_gate", [](uintptr_t y, uintptr_t r, int64_t n, int threads) {
     py::gil_scoped_release release;
     drwkv::sigmoid_gate_cpu(static_cast<float*>(ptr(y)), static_cast<const float*>(ptr(r)), n, threads);

@@ -16,7 +16,7 @@ namespace drwkv {
   void backward(DType, const void*, const void*, const void*, const void*, const void*, const void*,         \
                 const void*, void*, void*, void*, void*, int64_t, int64_t, int64_t, int);                    \
   void shift_mix(const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t, int,          \
-                 const float* const*, const float* const*, float* const*, int);                              \
+                 const float* const*, const float* const*, float* const*, int, const LayerNormParams*);     \
   void sigmoid_gate(float*, const float*, int64_t, int);                                                     \
   void relu_square(float*, int64_t, int);                                                                    \
   void gated_residual(const float*, const float*, const float*, const float*, float*, int64_t, int64_t,      \
@@ -77,8 +77,8 @@ void bi_wkv_backward_cpu(DType dtype, const void* w, const void* u, const void* 
 
 void shift_mix_cpu(const float* x, const float* scale1p, const float* shift, int64_t B, int64_t H, int64_t W,
                    int64_t C, int n, const float* const* mix, const float* const* keep, float* const* out,
-                   int threads) {
-  DRWKV_CPU_CALL(shift_mix, x, scale1p, shift, B, H, W, C, n, mix, keep, out, resolve_threads(threads));
+                   int threads, const LayerNormParams* norm) {
+  DRWKV_CPU_CALL(shift_mix, x, scale1p, shift, B, H, W, C, n, mix, keep, out, resolve_threads(threads), norm);
 }
 
 void sigmoid_gate_cpu(float* y, const float* r, int64_t n, int threads) {

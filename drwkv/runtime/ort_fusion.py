@@ -5,8 +5,8 @@ The rewrite happens in memory, when the runtime loads a graph; the file on disk 
 plus drwkv::BiWKV, which TensorRT's parser and every ONNX runtime take. ``fuse(model)`` rewrites a
 ModelProto in place and counts what it replaced:
 
-- ``ShiftMix``: DiT's modulation (Mul, Add), Q-Shift (Reshape, 8 Slices, 4 Pads, Concat, Reshape)
-  and the token mixes fed by it (per mix two Muls and an Add), in one pass;
+- ``ShiftMix``: the block's LayerNorm, DiT's modulation (Mul, Add), Q-Shift (Reshape, 8 Slices,
+  4 Pads, Concat, Reshape) and the token mixes fed by it (per mix two Muls and an Add), in one pass;
 - ``BiWKV`` with a fifth input r: the operator followed by the receptance gate sigmoid(r) * y;
 - ``ReluSquare``: relu(k)^2 (Relu, then Mul by itself or Pow 2);
 - ``GatedResidual``: x + gate * branch, with the ChannelMix's sigmoid(r) * branch folded in.
@@ -228,6 +228,21 @@ def _match_modulation(g, h, T, C, readers):
     return None
 
 
+def _match_layer_norm(g, z, C, readers):
+    """z = LayerNormalization(x, weight[, bias]) over the last axis, read only by ``readers`` ->
+    (x, weight, bias or "", epsilon, node) or None."""
+    node = g.made_by(z, "LayerNormalization")
+    if node is None or not readers or not g.read_only_by(z, readers) or len(node.output) != 1 and any(node.output[1:]):
+        return None
+    if _attr(node, "axis", -1) not in (-1, 2) or not g.is_float(node.input[0]):
+        return None
+    weight = g.const(node.input[1])
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    if weight is None or weight.size != C or (bias and (g.const(bias) is None or g.const(bias).size != C)):
+        return None
+    return node.input[0], node.input[1], bias, _attr(node, "epsilon", 1e-5), node
+
+
 def _is_per_image(g, value, C):
     """A float32 [B, 1, C] value computed in the graph (a modulation's shift, scale or gate)."""
     dims = g.dims(value)
@@ -247,10 +262,15 @@ def _fuse_shift_mix(g, make_node):
             continue
         readers = [nodes[1]] + [m[3][1] for m in mixes]   # the grid Reshape and the mixes' h * mix
         modulation = _match_modulation(g, h, H * W, C, readers)
-        x, scale, shift = (modulation[:3] if modulation else (h, "", ""))
-        inputs = [x, scale, shift] + [name for mix, keep, _, _ in mixes for name in (mix, keep)]
-        fused.append((make_node("ShiftMix", inputs, [m[2] for m in mixes], grid_h=H, grid_w=W),
-                      nodes + [n for m in mixes for n in m[3]] + (modulation[3] if modulation else [])))
+        x, scale, shift, removed = modulation if modulation else (h, "", "", [])
+        norm = _match_layer_norm(g, x, C, removed[1:])
+        weight, bias, eps = ("", "", 1e-5)
+        if norm is not None:
+            x, weight, bias, eps, node = norm
+            removed = removed + [node]
+        inputs = [x, weight, bias, scale, shift] + [name for mix, keep, _, _ in mixes for name in (mix, keep)]
+        fused.append((make_node("ShiftMix", inputs, [m[2] for m in mixes], grid_h=H, grid_w=W, epsilon=float(eps)),
+                      nodes + [n for m in mixes for n in m[3]] + removed))
         g.removed.update(id(n) for n in fused[-1][1])
     return fused
 

@@ -33,6 +33,12 @@ NATIVE_DOMAIN = ort_fusion.NATIVE_DOMAIN
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
 def value_info(model):
     """{name: (element type, dims)} of every value the graph declares or ONNX infers; dims are ints,
     or None where dynamic."""
@@ -74,35 +80,37 @@ class _Native:
         self.inputs = list(node.input)
         self.outputs = list(node.output)
         self.constants = {name: np.ascontiguousarray(constants[name]) for name in self.inputs if name in constants}
-        self.attrs = {a.name: a.i for a in node.attribute}
+        self.attrs = {a.name: a.i for a in node.attribute if a.type == a.INT}
+        self.epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
         self.in_place = in_place  # the inputs this node may overwrite (made by an earlier step, read by no later one)
-        self._buffers = {}
+        self._buffers = {}  # output name -> (array, OrtValue over it)
+        self._constant_addresses = {"": (0, None, None)}
+        self._constant_addresses.update({name: (a.ctypes.data, a.shape, a.dtype) for name, a in self.constants.items()})
 
     def _buffer(self, name, shape, dtype):
-        """A reusable output buffer (fresh for the first call at a shape)."""
-        key = (name, tuple(shape), np.dtype(dtype))
-        buffer = self._buffers.get(key)
-        if buffer is None:
-            buffer = self._buffers[key] = np.empty(shape, dtype)
-        return buffer
+        """The output buffer of ``name``, kept for the next call at the same shape (one shape per output)."""
+        kept = self._buffers.get(name)
+        if kept is None or kept[0].shape != tuple(shape) or kept[0].dtype != dtype:
+            array = np.empty(shape, dtype)
+            kept = self._buffers[name] = (array, _ort().OrtValue.ortvalue_from_numpy(array))
+        return kept[0]
 
     def _address(self, values, name):
         """(address, shape, dtype) of an input; (0, None, None) for an omitted one."""
-        if not name:
-            return 0, None, None
-        if name in self.constants:
-            array = self.constants[name]
-            return array.ctypes.data, array.shape, array.dtype
+        constant = self._constant_addresses.get(name)
+        if constant is not None:
+            return constant
         value = values[name]
         return value.data_ptr(), tuple(value.shape()), _ORT_TYPES.get(value.data_type())
 
     def run(self, values, threads):
-        import onnxruntime as ort
-
         ins = [self._address(values, name) for name in self.inputs]
         result = getattr(self, "_" + self.op_type)(values, ins, threads)
         for name, array in zip(self.outputs, result):
-            values[name] = array if isinstance(array, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(array)
+            # Our buffers go out as the OrtValues made for them once; ORT's own values as they are.
+            kept = self._buffers.get(name)
+            values[name] = kept[1] if kept is not None and kept[0] is array else \
+                array if not isinstance(array, np.ndarray) else _ort().OrtValue.ortvalue_from_numpy(array)
 
     def _float32(self, ins, what):
         for address, shape, dtype in ins:
@@ -128,7 +136,8 @@ class _Native:
 
     def _ShiftMix(self, values, ins, threads):
         self._float32(ins, "ShiftMix")
-        (x, shape, _), (scale, scale_shape, _), (shift, shift_shape, _) = ins[:3]
+        (x, shape, _), (weight, weight_shape, _), (bias, bias_shape, _), (scale, scale_shape, _), \
+            (shift, shift_shape, _) = ins[:5]
         H, W = self.attrs["grid_h"], self.attrs["grid_w"]
         if len(shape) != 3 or shape[1] != H * W:
             raise RuntimeError(f"{self.node.name}: ShiftMix expects tokens [B, {H * W}, C], got {shape}")
@@ -136,12 +145,12 @@ class _Native:
         if scale and (scale_shape != (B, 1, C) or shift_shape != (B, 1, C)):
             raise RuntimeError(f"{self.node.name}: modulation must be [B, 1, C] = {(B, 1, C)}, "
                                f"got {scale_shape} and {shift_shape}")
-        pairs = ins[3:]
-        if any(s != (C,) for _, s, _ in pairs):
-            raise RuntimeError(f"{self.node.name}: token mixes must have shape [{C}]")
+        pairs = ins[5:]
+        if any(s != (C,) for _, s, _ in pairs) or (weight and weight_shape != (C,)) or (bias and bias_shape != (C,)):
+            raise RuntimeError(f"{self.node.name}: LayerNorm parameters and token mixes must have shape [{C}]")
         outs = [self._buffer(name, shape, np.float32) for name in self.outputs]
         _C.shift_mix(x, scale, shift, B, H, W, C, [a for a, _, _ in pairs[0::2]], [a for a, _, _ in pairs[1::2]],
-                     [o.ctypes.data for o in outs], threads)
+                     [o.ctypes.data for o in outs], threads, weight, bias, self.epsilon)
         return outs
 
     def _ReluSquare(self, values, ins, threads):
