@@ -67,6 +67,11 @@ are somewhat slower than table 2's. Then two summary lines per path:
 its native kernels the same count). Set OMP_NUM_THREADS=N too: the native kernels, and the BiWKV
 Python op called on ONNX Runtime's threads, use OpenMP, which takes its default thread count from
 it. The header prints the CPU, the thread settings and OMP_NUM_THREADS.
+
+OpenMP's workers wait passively here (OMP_WAIT_POLICY=PASSIVE unless set), as they do in
+drwkv-infer --onnx (see drwkv.runtime.ort_split): spinning OpenMP workers slow ONNX Runtime's
+threads, which run in between. torch shares that OpenMP library, so PyTorch eager runs under the
+same policy; on 2 threads its calls took as long either way (within the run-to-run spread).
 """
 import argparse
 import glob
@@ -82,6 +87,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see the docstring)
 
 import torch  # noqa: E402
 
@@ -406,7 +412,8 @@ def main(argv=None):
     os.makedirs(args.work_dir, exist_ok=True)
     print(f"{cpu_name()}, {os.cpu_count()} CPUs; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
     print(f"threads: torch {torch.get_num_threads()}, ONNX Runtime intra-op {args.threads or 'default'} (the native "
-          f"nodes too), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n", flush=True)
+          f"nodes too), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n", flush=True)
     failures = []
     if not args.skip_sampling:
         print(sampling_table(args.ckpt, args, failures) + "\n", flush=True)
