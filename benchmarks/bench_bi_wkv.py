@@ -53,6 +53,9 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.machine import cpu_name  # noqa: E402
+
 TOLERANCE = 1e-5
 NATIVE_NA = "n/a (drwkv.runtime.ort_split not available)"
 COLUMNS = ["B, T, C", "kernel alone, y preallocated (ms)", "drwkv.ops.bi_wkv, no grad (ms)",
@@ -87,14 +90,6 @@ def parse_args(argv=None):
         args.shape = [(16, 1024, 128)]
     return args
 
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or "unknown CPU"
 
 
 def best_time(fn, repeat):

@@ -10,7 +10,6 @@ table gives ms per step for the whole batch, for the pretrained model's shape an
 import argparse
 import glob
 import os
-import platform
 import sys
 import time
 
@@ -19,6 +18,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from drwkv import _C  # noqa: E402
 from drwkv.noise import standard_normal  # noqa: E402
 
@@ -32,13 +32,6 @@ def best_ms(fn, repeats):
         best = min(best, time.perf_counter() - start)
     return 1000 * best
 
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main():

@@ -91,6 +91,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from drwkv import _C  # noqa: E402
 from drwkv.model import MODEL_CONFIGS, build_model, read_checkpoint  # noqa: E402
 from drwkv.runtime import load_denoiser  # noqa: E402
@@ -109,14 +110,6 @@ NATIVE = "ORT, native CPU path"
 ONE_SESSION = "ORT, one session + BiWKV Python op"
 PORTABLE = "ORT portable (standard ops)"
 
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or "unknown CPU"
 
 
 def exported(ckpt, work_dir, portable):
@@ -259,21 +252,12 @@ def call_table(ckpt, args, failures):
 def one_session_profiled(onnx_path, threads):
     """The one-session path's InferenceSession as drwkv.runtime.onnx builds it, with profiling on
     -> (session, number of BiWKV nodes)."""
-    import onnxruntime as ort
-
     from drwkv import ort_ops
-    from drwkv.runtime.onnx import read_onnx, route_bi_wkv_to_extensions
+    from drwkv.runtime.onnx import _session, read_onnx, route_bi_wkv_to_extensions
 
     model, _ = read_onnx(onnx_path)
     count = route_bi_wkv_to_extensions(model, ort_ops.DOMAIN)
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    if count:
-        options.register_custom_ops_library(ort_ops.register())
-    options.enable_profiling = True
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _session(model, onnx_path, ["CPUExecutionProvider"], threads, custom_ops=count > 0, profile=True)
     return session, count
 
 

@@ -75,12 +75,14 @@ def read_onnx_decoder(path):
     return model, meta
 
 
-def _session(model, path, providers, intra_op_threads, custom_ops=False):
-    """An InferenceSession of ``model`` (ModelProto) on the CUDA provider when available, else the CPU."""
+def _session(model, path, providers, intra_op_threads, custom_ops=False, profile=False):
+    """An InferenceSession of ``model`` (ModelProto) on the CUDA provider when available, else the CPU;
+    profile: with ONNX Runtime's profiling on (for benchmarks)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_profiling = profile
     if intra_op_threads:
         options.intra_op_num_threads = int(intra_op_threads)
     if custom_ops:
