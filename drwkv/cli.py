@@ -42,6 +42,9 @@ def build_parser():
     src.add_argument("--plugin", metavar="SO", help="with --engine: the BiWKV plugin library (default: "
                                                      "$DRWKV_TRT_PLUGIN, next to drwkv._C, or the newest build/)")
     src.add_argument("--cuda-graph", action="store_true", help="with --engine: replay each batch shape as a CUDA graph")
+    src.add_argument("--threads", type=int, metavar="N",
+                     help="with --onnx or --ckpt: CPU threads (ONNX Runtime's intra-op threads and drwkv's native "
+                          "kernels, or torch's; default: the runtime's own choice, all cores)")
     v = p.add_argument_group("VAE decoder (latent models)")
     v.add_argument("--vae-decoder", metavar="PATH",
                    help="the decoder, of the model's kind: a .plan for --engine, a .onnx for --onnx, a diffusers VAE "
@@ -93,6 +96,8 @@ def _check_args(args, parser):
         parser.error(f"give exactly one of --engine, --onnx, --ckpt (got {', '.join(given) or 'none'})")
     if (args.plugin or args.cuda_graph) and not args.engine:
         parser.error("--plugin and --cuda-graph apply to --engine only")
+    if args.threads is not None and (args.engine or args.threads < 1):
+        parser.error("--threads takes a count of at least 1, with --onnx or --ckpt")
     for name in ("steps", "num_images", "batch_size"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -123,6 +128,8 @@ def run(args):
     t0 = time.perf_counter()
     artifact = args.engine or args.onnx or args.ckpt
     options = {"plugin": args.plugin, "cuda_graph": args.cuda_graph} if args.engine else {}
+    if args.threads:
+        options["intra_op_threads" if args.onnx else "threads"] = args.threads
     kind = "engine" if args.engine else "onnx" if args.onnx else "ckpt"
     pipe = Pipeline.load(artifact, kind=kind, vae_decoder=args.vae_decoder, vae_tile=args.vae_tile,
                          vae_tile_overlap=args.vae_tile_overlap, **options)

@@ -53,7 +53,7 @@ def test_directory_output_writes_one_png_per_image(toy, tmp_path):
 
 
 def test_onnx_runtime_path_runs_where_torch_cannot_be_imported(toy, tmp_path):
-    result = _cli(["--onnx", toy, "--steps", "3", "--num-images", "2", "--sampler", "ddpm",
+    result = _cli(["--onnx", toy, "--steps", "3", "--num-images", "2", "--sampler", "ddpm", "--threads", "1",
                    "--out", tmp_path / "x.png"], block_torch=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x.png").read_bytes().startswith(b"\x89PNG")
@@ -62,7 +62,8 @@ def test_onnx_runtime_path_runs_where_torch_cannot_be_imported(toy, tmp_path):
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "not drwkv", "unknown class", "zero steps",
                                   "negative steps", "two backends", "no backend", "eta with ddpm",
-                                  "too many steps", "plugin without engine", "engine without tensorrt"])
+                                  "too many steps", "plugin without engine", "engine without tensorrt",
+                                  "zero threads", "threads with engine"])
 def test_bad_input_is_one_line_without_traceback(case, toy, tmp_path):
     base = ["--steps", "2", "--out", str(tmp_path / "o.png")]
     if case == "missing":
@@ -87,6 +88,11 @@ def test_bad_input_is_one_line_without_traceback(case, toy, tmp_path):
         args = ["--onnx", toy, "--sampler", "ddpm", "--eta", "0.5"] + base
     elif case == "plugin without engine":
         args = ["--onnx", toy, "--plugin", tmp_path / "libplugin.so"] + base
+    elif case == "zero threads":
+        args = ["--onnx", toy, "--threads", "0"] + base
+    elif case == "threads with engine":
+        (tmp_path / "model.plan").write_bytes(b"not an engine")
+        args = ["--engine", tmp_path / "model.plan", "--threads", "2"] + base
     elif case == "engine without tensorrt":  # no machine here has TensorRT: the engine path must say so
         (tmp_path / "model.plan").write_bytes(b"not an engine")
         args = ["--engine", tmp_path / "model.plan"] + base
