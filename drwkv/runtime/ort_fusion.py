@@ -101,7 +101,7 @@ def _window_chain(g, value, until):
         if starts is None or ends is None or axes is None or steps is None or np.any(steps != 1):
             return None
         for axis, start, end in zip(axes.tolist(), starts.tolist(), ends.tolist()):
-            if axis in windows:
+            if axis % 4 in windows:  # two slices of one axis: not how Q-Shift is written
                 return None
             windows[axis % 4] = (start, end)
         nodes.append(node)
@@ -123,10 +123,14 @@ def _qshift_spec(H, W, C):
 
 
 def _normalised(windows, sizes):
-    """Windows with ends clamped and whole-axis windows dropped."""
+    """Windows as Slice reads them (negative indices from the end, clamped to the axis), whole-axis ones
+    dropped."""
     out = {}
     for axis, (start, end) in windows.items():
-        size = sizes[axis]
+        size = sizes.get(axis)
+        if size is None:  # a slice of the batch axis
+            return None
+        start, end = (i + size if i < 0 else i for i in (start, end))
         start, end = max(0, min(start, size)), max(0, min(end, size))
         if (start, end) != (0, size):
             out[axis] = (start, end)
@@ -159,7 +163,8 @@ def _match_qshift(g, concat):
             pad = g.made_by(value, "Pad")
             if pad is None or _attr(pad, "mode", b"constant") not in (b"constant", "constant"):
                 return None
-            if list(g.const(pad.input[1]) if g.const(pad.input[1]) is not None else []) != pads:
+            pad_widths = g.const(pad.input[1])
+            if pad_widths is None or pad_widths.tolist() != pads:
                 return None
             fill = g.const(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
             if fill is None or np.any(fill != 0) or (len(pad.input) > 3 and pad.input[3]):
