@@ -74,7 +74,7 @@ def main():
     from drwkv.runtime.onnx import OnnxRuntimeDecoder
     from drwkv.runtime.torch_ckpt import TorchDecoder
     from drwkv.vae import latent_space
-    from export.to_onnx import _save, export_decoder, export_onnx
+    from export.to_onnx import export_onnx
 
     torch.set_num_threads(args.threads)
     work = tempfile.mkdtemp(prefix="bench_decode_")

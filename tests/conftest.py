@@ -1,5 +1,23 @@
-"""Shared test fixtures: a tiny random diffusers AutoencoderKL saved as a VAE folder."""
+"""Shared test helpers: a random drwkv checkpoint, and a tiny random diffusers AutoencoderKL saved as a
+VAE folder."""
 import pytest
+
+
+def write_random_checkpoint(path, config, seed=0):
+    """A random checkpoint of ``config`` as training.train writes it; -> path. The weights are perturbed
+    so that no block is the identity (adaLN-Zero would make a fresh model output exactly zero)."""
+    import torch
+
+    from drwkv.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save({"format": "drwkv-checkpoint", "version": 1, "config": config, "model": model.state_dict(),
+                "ema": model.state_dict(), "step": 0}, path)
+    return path
 
 
 def make_tiny_vae(folder, in_channels=3, latent_channels=4, downsample=4, scaling_factor=0.5, seed=0):

@@ -20,12 +20,11 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime_extensions")
 pytest.importorskip("diffusers")
 
-from conftest import make_tiny_vae  # noqa: E402
+from conftest import make_tiny_vae, write_random_checkpoint  # noqa: E402
 from test_runtime import BLOCK_TORCH, REPO  # noqa: E402
 
-from drwkv.model import build_model  # noqa: E402
 from drwkv.runtime import ArtifactError, Decoder, load_decoder, load_denoiser  # noqa: E402
-from drwkv.runtime.tiling import axis_weights, decode_tiled, tile_plan, tile_starts  # noqa: E402
+from drwkv.runtime.tiling import axis_weights, tile_plan, tile_starts  # noqa: E402
 from drwkv.vae import latent_space  # noqa: E402
 from export import to_onnx  # noqa: E402
 
@@ -38,19 +37,6 @@ def latent_config(vae_folder):
             "diffusion": {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000}}
 
 
-def write_checkpoint(path, config):
-    """A random checkpoint as training.train writes it; weights perturbed so that no block is the
-    identity (adaLN-Zero)."""
-    torch.manual_seed(0)
-    model = build_model(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    torch.save({"format": "drwkv-checkpoint", "version": 1, "config": config, "model": model.state_dict(),
-                "ema": model.state_dict(), "step": 0}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("decoder")
@@ -58,7 +44,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(workdir, tiny_vae):
-    return write_checkpoint(workdir / "ckpt.pt", latent_config(tiny_vae))
+    return write_random_checkpoint(workdir / "ckpt.pt", latent_config(tiny_vae))
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +140,7 @@ def _export_cli(*args):
 def test_without_the_vae_at_hand_the_denoiser_is_written_alone(tmp_path, tiny_vae, capsys):
     moved = tmp_path / "moved_vae"
     shutil.copytree(tiny_vae, moved)
-    ckpt = write_checkpoint(tmp_path / "ckpt.pt", latent_config(moved))
+    ckpt = write_random_checkpoint(tmp_path / "ckpt.pt", latent_config(moved))
     shutil.rmtree(moved)
     out = tmp_path / "m.onnx"
     to_onnx.main([str(ckpt), "-o", str(out)])
@@ -178,7 +164,7 @@ def test_a_recorded_relative_vae_folder_is_found_beside_the_checkpoint(tmp_path,
     shutil.copytree(tiny_vae, shipped / "the-vae")
     config = latent_config(shipped / "the-vae")
     config["latent"]["vae"] = "elsewhere/the-vae"
-    ckpt = write_checkpoint(shipped / "ckpt.pt", config)
+    ckpt = write_random_checkpoint(shipped / "ckpt.pt", config)
     monkeypatch.chdir(tmp_path)
     assert load_decoder(load_denoiser(ckpt=ckpt)).path == str(shipped / "the-vae")
     folder, why_not = to_onnx.find_vae(config, ckpt)
@@ -194,7 +180,7 @@ def test_export_bad_input_is_one_line(case, ckpt, tmp_path):
         args = [ckpt, "-o", out, "--vae", make_tiny_vae(tmp_path / "v", seed=2)]
     elif case == "vae-dtype on a pixel model":
         config = {k: v for k, v in latent_config(make_tiny_vae(tmp_path / "v")).items() if k != "latent"}
-        args = [write_checkpoint(tmp_path / "pixel.pt", config), "-o", out, "--vae-dtype", "fp16"]
+        args = [write_random_checkpoint(tmp_path / "pixel.pt", config), "-o", out, "--vae-dtype", "fp16"]
     else:
         args = [ckpt, "-o", out, "--force"]
     result = _export_cli(*args)

@@ -15,9 +15,9 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime_extensions")
 
+from conftest import write_random_checkpoint  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 
-from drwkv.model import build_model  # noqa: E402
 from drwkv.runtime import load_denoiser  # noqa: E402
 from drwkv.samplers import make_sampler, sample  # noqa: E402
 from drwkv.schedule import Schedule  # noqa: E402
@@ -36,17 +36,8 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(workdir):
-    """A random DRWKV-T/2 checkpoint; the weights are perturbed so that no block is the identity
-    (adaLN-Zero would make a fresh model output exactly zero)."""
-    torch.manual_seed(0)
-    model = build_model(CONFIG)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = workdir / "ckpt.pt"
-    torch.save({"format": "drwkv-checkpoint", "version": 1, "config": CONFIG, "model": model.state_dict(),
-                "ema": model.state_dict(), "step": 0}, path)
-    return path
+    """A random DRWKV-T/2 checkpoint whose blocks are not the identity."""
+    return write_random_checkpoint(workdir / "ckpt.pt", CONFIG)
 
 
 @pytest.fixture(scope="module")
