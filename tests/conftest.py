@@ -1,6 +1,29 @@
-"""Shared test helpers: a random drwkv checkpoint, and a tiny random diffusers AutoencoderKL saved as a
-VAE folder."""
+"""Shared test helpers: a random drwkv checkpoint, a tiny random diffusers AutoencoderKL saved as a
+VAE folder, and a benchmark script loaded as a module."""
+import importlib.util
+import os
+
 import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def load_benchmark():
+    """Load benchmarks/NAME.py as a module; torch's thread count is restored afterwards, since a
+    benchmark's main() sets it for the whole process."""
+    import torch
+
+    threads = torch.get_num_threads()
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    torch.set_num_threads(threads)
 
 
 def write_random_checkpoint(path, config, seed=0):

@@ -1,15 +1,12 @@
 """benchmarks/bench_bi_wkv.py on a tiny shape: one row with every column, finite numbers, exit status 0."""
-import importlib.util
 import math
-import os
 import re
 
 import pytest
 
 pytest.importorskip("onnxruntime_extensions")
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_bi_wkv.py")
 COLUMNS = ["B, T, C", "kernel alone, y preallocated (ms)", "drwkv.ops.bi_wkv, no grad (ms)",
            "PyTorch training op, y + lse (ms)", "ORT node via onnxruntime-extensions (ms)",
            "ORT node, native path (ms)", "reference O(T^2) (ms)", "speed-up", "kernel GB/s", "copy GB/s",
@@ -18,13 +15,8 @@ NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf)", re.IGNORECASE)
 
 
 @pytest.fixture
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_bi_wkv", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(threads)  # main() sets them for the whole process
+def bench(load_benchmark):
+    return load_benchmark("bench_bi_wkv")
 
 
 def test_tiny_shape_prints_every_column_without_nan(bench, capsys):

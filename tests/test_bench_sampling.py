@@ -1,5 +1,4 @@
 """benchmarks/bench_sampling.py on a tiny configuration: table 2 and the profile, finite numbers, exit 0."""
-import importlib.util
 import math
 import os
 import re
@@ -7,22 +6,16 @@ import re
 import pytest
 
 pytest.importorskip("onnxruntime_extensions")
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "bench_sampling.py")
 CKPT = os.path.join(ROOT, "pretrained", "fashion-mnist-drwkv-t4.pt")
 BACKENDS = ["PyTorch eager", "ORT, native CPU path", "ORT, one session + BiWKV Python op", "ORT portable (standard ops)"]
 
 
 @pytest.fixture
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_sampling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(threads)  # main() sets them for the whole process
+def bench(load_benchmark):
+    return load_benchmark("bench_sampling")
 
 
 def test_tiny_call_table_and_profile(bench, capsys, tmp_path):
