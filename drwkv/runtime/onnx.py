@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from drwkv.runtime.base import ArtifactError, Decoder, Denoiser, parse_config
+from drwkv.runtime.ort_fusion import value_info
 
 CONFIG_KEY = "drwkv.config"
 FORMAT_KEY = "drwkv.format"
@@ -75,6 +76,14 @@ def read_onnx_decoder(path):
     return model, meta
 
 
+def _default_providers():
+    """CUDA when onnxruntime offers it, else the CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
 def _session(model, path, providers, intra_op_threads, custom_ops=False, profile=False):
     """An InferenceSession of ``model`` (ModelProto) on the CUDA provider when available, else the CPU;
     profile: with ONNX Runtime's profiling on (for benchmarks)."""
@@ -88,11 +97,9 @@ def _session(model, path, providers, intra_op_threads, custom_ops=False, profile
     if custom_ops:
         from drwkv import ort_ops
         options.register_custom_ops_library(ort_ops.register())
-    if providers is None:
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=providers if providers is not None else _default_providers())
     except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
         raise ArtifactError(f"{path}: onnxruntime cannot load the graph: "
                             f"{str(e).strip().splitlines()[0][:300]}") from None
@@ -105,18 +112,6 @@ def _run(session, path, outputs, feeds):
         raise RuntimeError(f"{path}: onnxruntime failed: {str(e).strip().splitlines()[0][:300]}") from e
 
 
-def _value_types(model):
-    """Element type of every named value the graph declares (inputs, initializers, value_info)."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for info in (*graph.input, *graph.value_info, *graph.output):
-        types[info.name] = info.type.tensor_type.elem_type
-    return types
-
-
 def route_bi_wkv_to_extensions(model, domain):
     """Rewrite (in place) every drwkv BiWKV node into ``domain`` for the Python custom op; returns
     how many there were. float16 nodes get float32 Casts around them."""
@@ -125,7 +120,7 @@ def route_bi_wkv_to_extensions(model, domain):
     graph = model.graph
     if not any(n.domain == BIWKV_DOMAIN and n.op_type == BIWKV_OP for n in graph.node):
         return 0
-    types = _value_types(model)
+    types = {name: elem_type for name, (elem_type, _) in value_info(model).items()}
     nodes, count = [], 0
     for node in graph.node:
         if node.domain != BIWKV_DOMAIN or node.op_type != BIWKV_OP:
@@ -175,10 +170,7 @@ class OnnxRuntimeDenoiser(Denoiser):
         if set(inputs) != {"x", "t", "y"}:
             raise ArtifactError(f"{self.path}: expected inputs x, t, y; the graph has {sorted(inputs)}")
         self._x_dtype = np.float16 if inputs["x"].type.tensor_type.elem_type == 10 else np.float32
-        if providers is None:
-            import onnxruntime as ort
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        providers = providers if providers is not None else _default_providers()
         #: The fused patterns ({op: count}) on the CPU path; None when the graph runs in one session.
         #: custom_ops: how many BiWKV nodes drwkv's kernel runs, on either path.
         self.fused = None

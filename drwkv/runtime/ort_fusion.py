@@ -26,6 +26,23 @@ BIWKV_DOMAIN = "drwkv"
 FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
+def value_info(model):
+    """{name: (element type, dims)} of every value the graph declares or ONNX infers; dims are ints,
+    or None where dynamic."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    info = {}
+    for t in graph.initializer:
+        info[t.name] = (t.data_type, list(t.dims))
+    for v in (*graph.input, *graph.value_info, *graph.output):
+        tensor = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim] \
+            if tensor.HasField("shape") else None
+        info[v.name] = (tensor.elem_type, dims)
+    return info
+
+
 class _Graph:
     """Lookups over a graph: producers, consumers, constants, inferred types and shapes."""
 
@@ -348,8 +365,7 @@ def _fuse_gated_residual(g, make_node):
 def fuse(model, value_info):
     """Rewrite ``model`` (ModelProto) in place; returns {fused op: count}.
 
-    value_info: {value name: (onnx element type, dims)} of the unrewritten graph (see
-    drwkv.runtime.ort_split.value_info); dims are ints or None (dynamic).
+    value_info: value_info(model) of the unrewritten graph.
     """
     from onnx import helper
 

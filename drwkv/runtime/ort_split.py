@@ -69,23 +69,6 @@ def _register_shared_arena():
         _shared_arena = True
 
 
-def value_info(model):
-    """{name: (element type, dims)} of every value the graph declares or ONNX infers; dims are ints,
-    or None where dynamic."""
-    import onnx
-
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    info = {}
-    for t in graph.initializer:
-        info[t.name] = (t.data_type, list(t.dims))
-    for v in (*graph.input, *graph.value_info, *graph.output):
-        tensor = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim] \
-            if tensor.HasField("shape") else None
-        info[v.name] = (tensor.elem_type, dims)
-    return info
-
-
 class _Segment:
     """Standard ops between two cuts, as one InferenceSession."""
 
@@ -253,16 +236,14 @@ class SplitSession:
 
     def __init__(self, model, intra_op_threads=None, fuse=True, profile=False):
         import onnxruntime as ort
-        from onnx import helper
+        from onnx import helper, numpy_helper
 
         self.threads = int(intra_op_threads or 0)
-        info = value_info(model)
+        info = ort_fusion.value_info(model)
         self.fused = ort_fusion.fuse(model, info) if fuse else _natives_only(model)
         graph = model.graph
         constants = {t.name: t for t in graph.initializer}
-        from onnx import numpy_helper
-        graph_inputs = [i.name for i in graph.input if i.name not in constants]
-        self.inputs = graph_inputs
+        self.inputs = [i.name for i in graph.input if i.name not in constants]
         self.output_names = [o.name for o in graph.output]
 
         # Cut the node list at every native node.
