@@ -17,7 +17,9 @@ import shlex
 import sys
 import time
 
-from drwkv.pipeline import parse_classes  # noqa: F401  (part of the CLI's interface: --class parsing)
+from drwkv.files import check_writable, check_writable_folder
+from drwkv.pipeline import check_settings, parse_classes  # noqa: F401  (parse_classes: part of the CLI's interface)
+from drwkv.runtime import check_threads
 from drwkv.samplers import SAMPLERS
 
 PROG = "drwkv-infer"
@@ -96,27 +98,25 @@ def _check_args(args, parser):
         parser.error(f"give exactly one of --engine, --onnx, --ckpt (got {', '.join(given) or 'none'})")
     if (args.plugin or args.cuda_graph) and not args.engine:
         parser.error("--plugin and --cuda-graph apply to --engine only")
-    if args.threads is not None and (args.engine or args.threads < 1):
-        parser.error("--threads takes a count of at least 1, with --onnx or --ckpt")
-    for name in ("steps", "num_images", "batch_size"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0 <= args.seed < 1 << 64:
-        parser.error(f"--seed must be in [0, 2^64), got {args.seed}")
-    if args.first_image < 0:
-        parser.error(f"--first-image must be >= 0, got {args.first_image}")
-    if args.nrow is not None and args.nrow <= 0:
-        parser.error(f"--nrow must be positive, got {args.nrow}")
-    if args.eta != 0.0 and args.sampler != "ddim":
-        parser.error(f"--eta applies to --sampler ddim only (got --sampler {args.sampler})")
-    if not 0.0 <= args.eta <= 1.0:
-        parser.error(f"--eta must be between 0 and 1, got {args.eta}")
-    if args.cfg_scale is not None and (not math.isfinite(args.cfg_scale) or args.cfg_scale < 0):
-        parser.error(f"--cfg-scale must be a finite number >= 0, got {args.cfg_scale}")
+    if args.threads is not None and args.engine:
+        parser.error("--threads applies to --onnx and --ckpt")
+    if args.nrow is not None and not 1 <= args.nrow <= args.num_images:
+        parser.error(f"--nrow must be between 1 and --num-images ({args.num_images}), got {args.nrow}")
     if args.vae_tile is not None and args.vae_tile <= 0:
         parser.error(f"--vae-tile must be at least 1 latent pixel, got {args.vae_tile}")
     if args.vae_tile_overlap is not None and not 0 <= args.vae_tile_overlap < (args.vae_tile or float("inf")):
         parser.error(f"--vae-tile-overlap must be at least 0 and below the tile, got {args.vae_tile_overlap}")
+    try:  # the library's own checks, before anything is loaded
+        check_settings(args.num_images, args.sampler, args.steps, args.cfg_scale, args.seed, args.eta, args.batch_size,
+                       args.first_image)
+        if args.threads is not None:
+            check_threads(args.threads)
+        if args.out.lower().endswith(".png"):
+            check_writable(args.out, "--out")
+        else:
+            check_writable_folder(args.out, "--out")
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
 
 
 def run(args):
@@ -200,12 +200,31 @@ def run(args):
 
 
 _BACKEND_FLAGS = {"tensorrt": "--engine", "onnxruntime": "--onnx", "torch": "--ckpt"}
+_INT_SETTINGS = ("drwkv.steps", "drwkv.seed", "drwkv.batch_size", "drwkv.first_image", "drwkv.num_images",
+                 "drwkv.nrow", "drwkv.index", "drwkv.label", "drwkv.vae_tile", "drwkv.vae_tile_overlap")
+
+
+def printable(text):
+    """``text`` with control characters (ESC, BEL, newlines...) shown as escapes: a PNG's text is
+    untrusted and must not drive the terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
 
 
 def regenerate_command(text):
     """The drwkv-infer arguments that make an image again from its drwkv.* text chunks (its artifact by
-    file name, written to regenerated.png or the directory regenerated/); ValueError if they are not there."""
+    file name, written to regenerated.png or the directory regenerated/); ValueError (one line) if they
+    are missing or not what drwkv-infer writes."""
+    for key, value in text.items():
+        if key.startswith("drwkv.") and not value.isprintable():
+            raise ValueError(f"the image's setting {key} holds control characters ({printable(value)[:80]}): "
+                             f"not written by drwkv-infer")
+    for key in _INT_SETTINGS:
+        if key in text and not text[key].isdigit():
+            raise ValueError(f"the image's setting {key} is not a whole number: {text[key][:80]!r}")
     try:
+        if text["drwkv.backend"] not in _BACKEND_FLAGS:
+            raise ValueError(f"the image's setting drwkv.backend names an unknown backend {text['drwkv.backend'][:80]!r} "
+                             f"(known: {', '.join(_BACKEND_FLAGS)})")
         backend = _BACKEND_FLAGS[text["drwkv.backend"]]
         args = [backend, text["drwkv.artifact"], "--sampler", text["drwkv.sampler"], "--steps", text["drwkv.steps"]]
         if text["drwkv.sampler"] == "ddim":
@@ -225,7 +244,10 @@ def regenerate_command(text):
     except KeyError as e:
         raise ValueError(f"the image lacks the drwkv-infer setting {e.args[0]} (not written by drwkv-infer?)") from None
     if labels[0] is not None:  # image i has class i mod len(classes): rotate so that image `first` gets labels[0]
-        args += ["--class", ",".join(labels[(j - first) % len(labels)] for j in range(len(labels)))]
+        n = len(labels)
+        labels = [labels[(j - first) % n] for j in range(n)]
+        period = next(p for p in range(1, n + 1) if n % p == 0 and labels == labels[:p] * (n // p))
+        args += ["--class", ",".join(labels[:period])]  # the shortest list that cycles to the same labels
     return args + ["--num-images", str(count), "--first-image", str(first)] + out
 
 
@@ -237,7 +259,7 @@ def info(path):
     if "drwkv.sampler" not in text:
         raise ValueError(f"{path} has no drwkv-infer settings")
     command = regenerate_command(text)
-    print(text.get("parameters", ""))
+    print(printable(text.get("parameters", "")))
     print(" ".join(shlex.quote(a) for a in [PROG] + command))
 
 

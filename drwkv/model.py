@@ -21,6 +21,9 @@ Checkpoints written by ``training.train`` are read with ``load_checkpoint(path) 
 import argparse
 import math
 import os
+import pickle
+import re
+import warnings
 
 import numpy as np
 import torch
@@ -484,7 +487,17 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns of pickle protocols before refusing them: the refusal says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's message suggests weights_only=False: never do that
+        needed = re.search(r"GLOBAL (\S+)|(Unsupported (?:operand|class) \S+)", str(e))
+        if needed:
+            what = f"the pickled object {needed.group(1)}" if needed.group(1) else f"pickle content ({needed.group(2)})"
+            raise ValueError(f"{path}: refused: it needs {what}; drwkv loads only tensors and plain data and never "
+                             f"unpickles code (nothing in the file was run)") from None
+        reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable drwkv checkpoint (unpickling failed: {reason})") from None
     except Exception as e:  # zip/pickle errors vary by corruption; report them in one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not a readable drwkv checkpoint (torch.load failed: {reason[:200]})") from None
@@ -502,10 +515,16 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 def load_checkpoint(path, map_location="cpu"):
     """-> (config, model): the checkpoint's config dict and its EMA model in eval mode.
 
-    Errors as in ``read_checkpoint``; a state dict that does not fit the config is a ValueError too.
+    Errors as in ``read_checkpoint``; a state dict that does not fit the config, or a non-finite
+    weight, is a ValueError too.
     """
     ckpt = read_checkpoint(path, map_location)
     config = ckpt["config"]
+    for name, tensor in ckpt["ema"].items():  # one NaN weight makes every image black
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{path}: the EMA weight {name} has {bad} non-finite value{'s' * (bad > 1)} (NaN or Inf): "
+                             f"the checkpoint is damaged or its training diverged")
     model = build_model(config)
     try:
         model.load_state_dict(ckpt["ema"])

@@ -12,6 +12,7 @@ model, the VAE folder a checkpoint records, or ``vae_decoder=PATH``. Large laten
 overlapping tiles (``vae_tile``, ``vae_tile_overlap``; automatic above ``drwkv.runtime.base.AUTO_TILE``).
 No torch is imported on the ONNX Runtime and TensorRT paths.
 """
+import math
 import os
 import time
 
@@ -21,13 +22,62 @@ from drwkv.png import to_uint8
 from drwkv.runtime import load_decoder, load_denoiser
 from drwkv.runtime.base import AUTO_TILE, check_decoder
 from drwkv.runtime.tiling import tile_plan
-from drwkv.samplers import make_sampler, sample
+from drwkv.samplers import SAMPLERS, make_sampler, sample
 from drwkv.schedule import Schedule
 
 #: The backend an artifact's file name selects, as load_denoiser's keyword.
 ARTIFACT_KINDS = {".plan": "engine", ".onnx": "onnx", ".pt": "ckpt"}
 #: The backend options a decoder takes from the denoiser's.
 DECODER_OPTIONS = {"engine": ("device",), "onnx": ("providers", "intra_op_threads"), "ckpt": ("device", "threads")}
+
+
+#: Image numbers index the noise as unsigned 64-bit integers (drwkv.noise).
+MAX_IMAGE_NUMBER = 2**64
+
+
+def check_settings(num_images=16, sampler="ddim", steps=50, cfg_scale=None, seed=0, eta=0.0, batch_size=16,
+                   first_image=0):
+    """Refuse (ValueError, one line) run settings that no model accepts; Pipeline.__call__ checks
+    them first, and drwkv-infer before it loads anything. What depends on the model (classes, steps
+    beyond its schedule, memory) is checked in __call__."""
+    for name, value in (("num_images", num_images), ("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2^64), got {seed!r}")
+    if isinstance(first_image, bool) or not isinstance(first_image, (int, np.integer)) or first_image < 0:
+        raise ValueError(f"first_image must be an integer >= 0, got {first_image!r}")
+    if first_image + num_images > MAX_IMAGE_NUMBER:
+        raise ValueError(f"first_image {first_image} + num_images {num_images} passes the last image number 2^64 - 1")
+    if eta != 0.0 and sampler != "ddim":
+        raise ValueError(f"eta applies to the ddim sampler only (the sampler is {sampler})")
+    if not 0.0 <= eta <= 1.0:  # also refuses NaN
+        raise ValueError(f"eta must be between 0 and 1, got {eta!r}")
+    if cfg_scale is not None and not (isinstance(cfg_scale, (int, float, np.floating)) and 0 <= cfg_scale < math.inf):
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+
+
+def available_memory():
+    """Bytes of memory this process can still take: /proc/meminfo's MemAvailable (Linux), else the
+    physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(needed, what):
+    """Refuse (ValueError, one line naming the limit) ``needed`` bytes beyond the memory available."""
+    available = available_memory()
+    if needed > available:
+        raise ValueError(f"{what} need about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of "
+                         f"memory available")
 
 
 def parse_classes(specs, config):
@@ -121,6 +171,25 @@ class Pipeline:
     def config(self):
         return self.denoiser.config
 
+    def image_shape(self):
+        """(height, width, channels) of the images this pipeline writes."""
+        latent = self.denoiser.latent
+        if latent:
+            size = int(latent["image_size"])
+            return size, size, self.decoder.image_channels
+        return self.denoiser.image_size, self.denoiser.image_size, self.denoiser.in_channels
+
+    def check_memory(self, num_images, batch_size, guided):
+        """Refuse (ValueError, one line) a run whose images or batches cannot fit in memory, before
+        any work: the uint8 images of the whole run, and a batch's float32 arrays (the sampler's
+        state, the model output of the doubled batch under guidance, the decoded images)."""
+        height, width, channels = self.image_shape()
+        c, size = self.denoiser.in_channels, self.denoiser.image_size
+        per_image = c * size * size * 4 * (2 + 2 * (1 + guided) * 2) + height * width * channels * 4
+        # the batches' images, then their concatenation
+        check_memory(2 * num_images * height * width * channels, f"{num_images} images of {width}x{height}")
+        check_memory(batch_size * per_image, f"the arrays of a batch of {batch_size} at {size}x{size}")
+
     def __call__(self, classes=None, num_images=16, sampler="ddim", steps=50, cfg_scale=None, seed=0, eta=0.0,
                  clip_x0=None, batch_size=16, first_image=0, progress=None):
         """uint8 images [num_images, H, W, C] (C = 3 for RGB models, 1 for grey ones).
@@ -132,18 +201,19 @@ class Pipeline:
         does not change them. progress: called as progress(done, total) after every denoiser step.
         """
         config = self.config
-        labels_of_classes = parse_classes(classes, config)
+        check_settings(num_images, sampler, steps, cfg_scale, seed, eta, batch_size, first_image)
+        labels_of_classes = parse_classes([classes] if isinstance(classes, (str, int)) else classes, config)
         cfg_scale = guidance_scale(cfg_scale, config)
         clip_x0 = not self.denoiser.latent if clip_x0 is None else bool(clip_x0)
-        for name, value in (("num_images", num_images), ("steps", steps), ("batch_size", batch_size)):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
         schedule = Schedule.from_config(config)
         if steps > len(schedule):
-            raise ValueError(f"--steps {steps} exceeds the model's {len(schedule)} diffusion timesteps")
+            raise ValueError(f"steps {steps} exceeds the model's {len(schedule)} diffusion timesteps")
+        batch_size = min(batch_size, num_images)
+        self.check_memory(num_images, batch_size, cfg_scale != 1.0)
         walk = make_sampler(sampler, schedule, steps, eta=eta, clip_x0=clip_x0)
-        numbers = range(first_image, first_image + num_images)
-        labels = np.array([labels_of_classes[i % len(labels_of_classes)] for i in numbers], dtype=np.int64)
+        # image i has class i mod len(classes); numbers may pass 2^63, so the modulus is taken in Python ints
+        offset = first_image % len(labels_of_classes)
+        labels = np.array(labels_of_classes, dtype=np.int64)[(offset + np.arange(num_images)) % len(labels_of_classes)]
         starts = range(0, num_images, batch_size)
         total, done = len(starts) * walk.steps, 0
 

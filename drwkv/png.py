@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from drwkv.files import atomic_write
+
 
 def to_uint8(x):
     """float [B,C,H,W] in [-1, 1] -> uint8 [B,H,W,C] (rounded, clipped)."""
@@ -37,6 +39,7 @@ def make_grid(images, nrow=None, padding=2):
 def save_png(path, image, text=None):
     """Write uint8 [H,W,1] (grayscale) or [H,W,3] (RGB) to ``path`` with ``text`` as tEXt chunks.
 
+    Written through a temp file and a rename: an existing ``path`` stays whole until the new one is.
     The bytes depend only on the pixels and the text (no timestamps), so equal inputs give equal files.
     """
     if image.ndim != 3 or image.shape[2] not in (1, 3):
@@ -46,7 +49,8 @@ def save_png(path, image, text=None):
     for key, value in (text or {}).items():
         info.add_text(key, str(value))
     pixels = image[:, :, 0] if image.shape[2] == 1 else image
-    Image.fromarray(pixels).save(path, pnginfo=info)
+    with atomic_write(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
 
 
 def parameters_line(fields):

@@ -256,5 +256,14 @@ def sample(denoiser, sampler, y, seed, cfg_scale=1.0, progress=None, first_image
         t = np.full(len(y), sampler.timestep(i), dtype=np.float32)
         out = guided_output(denoiser, x, t, y, cfg_scale, int(config["num_classes"]), config.get("guidance_channels"))
         noise = standard_normal(seed, images, i + 1, shape) if sampler.stochastic else None
-        x = sampler.step(i, x, out, noise)
+        with np.errstate(invalid="ignore", over="ignore"):  # reported below, once, as an error
+            x = sampler.step(i, x, out, noise)
+        if not np.isfinite(x).all():  # a NaN never recovers: stop instead of writing black images
+            raise NonFiniteError(f"sampling gave non-finite values (NaN or Inf) at step {i + 1} of {sampler.steps} "
+                                 f"(images {first_image}..{first_image + len(y) - 1}): the model's weights or "
+                                 f"the settings are broken")
     return x
+
+
+class NonFiniteError(RuntimeError):
+    """Sampling produced NaN or Inf; the message is one line."""

@@ -23,6 +23,9 @@ from functools import cached_property
 
 import numpy as np
 
+#: The most diffusion timesteps a schedule may have (DiT's models use 1000).
+MAX_TIMESTEPS = 100_000
+
 
 def linear_betas(num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
     """beta_t for t = 0 .. num_timesteps-1, evenly spaced, float64."""
@@ -61,7 +64,15 @@ class Schedule:
 
     @classmethod
     def linear(cls, num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
-        """The full (unrespaced) linear schedule."""
+        """The full (unrespaced) linear schedule; ValueError unless 1 <= num_timesteps <= MAX_TIMESTEPS
+        and both betas lie in (0, 1) (a beta outside gives NaN images)."""
+        if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)) \
+                or not 1 <= num_timesteps <= MAX_TIMESTEPS:
+            raise ValueError(f"the diffusion schedule's num_timesteps must be an integer from 1 to {MAX_TIMESTEPS}, "
+                             f"got {num_timesteps!r}")
+        for name, beta in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not 0.0 < beta < 1.0:  # also refuses NaN
+                raise ValueError(f"the diffusion schedule's {name} must lie in (0, 1), got {beta!r}")
         return cls(np.arange(num_timesteps, dtype=np.int64), linear_betas(num_timesteps, beta_start, beta_end))
 
     @classmethod
@@ -71,8 +82,12 @@ class Schedule:
         kind = diffusion.get("schedule", "linear")
         if kind != "linear":
             raise ValueError(f"unsupported diffusion schedule {kind!r} (only 'linear' is implemented)")
-        return cls.linear(int(diffusion.get("num_timesteps", 1000)), float(diffusion.get("beta_start", 1e-4)),
-                          float(diffusion.get("beta_end", 0.02)))
+        try:
+            steps, start, end = (diffusion.get("num_timesteps", 1000), float(diffusion.get("beta_start", 1e-4)),
+                                 float(diffusion.get("beta_end", 0.02)))
+        except (TypeError, ValueError):
+            raise ValueError(f"the model's diffusion schedule is not numbers: {diffusion}") from None
+        return cls.linear(steps, start, end)
 
     def __len__(self):
         return len(self.betas)

@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from drwkv import known_warnings
+from drwkv.files import write_bytes_atomically
 from drwkv.runtime.base import AUTO_TILE, decoder_path
 
 
@@ -91,7 +92,7 @@ def build_engine(onnx_path, plan_path, plugin=None, min_batch=1, opt_batch=8, ma
         sidecar["vae_sha256"] = meta.get(VAE_SHA256_KEY, config["latent"].get("vae_sha256"))
         if DECODER_FILE_KEY in meta:
             sidecar["vae_decoder"] = os.path.basename(decoder_path(plan_path))
-    _write_atomically(backend.sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    write_bytes_atomically(backend.sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())
     return sidecar
 
 
@@ -127,7 +128,7 @@ def build_decoder_engine(onnx_path, plan_path, min_batch=1, opt_batch=1, max_bat
                     "min_tile": min_tile, "opt_tile": opt_tile, "max_tile": max_tile},
         "onnx": os.path.abspath(onnx_path),
     }
-    _write_atomically(backend.sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    write_bytes_atomically(backend.sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())
     return sidecar
 
 
@@ -165,17 +166,9 @@ def _build_plan(onnx_path, plan_path, profile, workspace_mib, timing_cache, verb
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise BuildError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
-    _write_atomically(plan_path, bytes(serialized))
+    write_bytes_atomically(plan_path, bytes(serialized))
     if timing_cache:
-        _write_atomically(timing_cache, bytes(builder_config.get_timing_cache().serialize()))
-
-
-def _write_atomically(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+        write_bytes_atomically(timing_cache, bytes(builder_config.get_timing_cache().serialize()))
 
 
 def main(argv=None):

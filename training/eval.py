@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from drwkv import known_warnings
+from drwkv.files import atomic_write
 from drwkv.model import load_checkpoint
 from drwkv.runtime.base import recorded_vae_folder
 from drwkv.runtime.torch_ckpt import TorchDenoiser
@@ -120,10 +121,8 @@ def reference(dataset, image_size, cache_dir, data_dir=None):
     cached = {"version": CLASSIFIER_VERSION, "state_dict": classifier.state_dict(),
               "test_accuracy": float((preds == y_test).float().mean()),
               "test_mu": torch.from_numpy(mu), "test_sigma": torch.from_numpy(sigma)}
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(cached, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(cached, tmp)
     return classifier, cached
 
 

@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from drwkv.files import atomic_write
 from drwkv.model import read_checkpoint
 
 
@@ -26,12 +27,11 @@ def main():
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(str(e)) from None
     small = {k: ckpt[k] for k in ("format", "version", "config", "ema", "step", "args") if k in ckpt}
-    tmp = f"{args.dst}.tmp{os.getpid()}"
-    torch.save(small, tmp)
     try:
-        os.link(tmp, args.dst)  # unlike a rename, fails if the destination appeared meanwhile
-    finally:
-        os.remove(tmp)
+        with atomic_write(args.dst, replace=False) as tmp:
+            torch.save(small, tmp)
+    except FileExistsError:
+        raise SystemExit(f"{args.dst} exists; not overwriting it") from None
     print(f"{args.dst}: {os.path.getsize(args.dst) / 1e6:.1f} MB, {ckpt['config']['model']} EMA weights at step {ckpt.get('step')}")
 
 

@@ -32,6 +32,7 @@ import sys
 import torch
 from tqdm import tqdm
 
+from drwkv.files import atomic_write
 from drwkv.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_CONFIGS, build_model
 
 # SD's VAE, the only one the official code trains with: 8x downsampling, 4 channels, scaling 0.18215.
@@ -289,10 +290,8 @@ def main(argv=None):
         parser.exit(2, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
     for line in report:
         print(line, file=sys.stderr)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = f"{args.output}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, args.output)
+    with atomic_write(args.output) as tmp:
+        torch.save(ckpt, tmp)
     print(f"wrote {args.output}", file=sys.stderr)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from drwkv.files import atomic_write, write_bytes_atomically
 from drwkv.vae import encode
 from training.data import load_dataset
 
@@ -108,14 +109,10 @@ class LatentCache:
         if rank == 0:
             for name, path in partial.items():
                 os.replace(path, os.path.join(folder, f"{name}.npy"))
-            tmp = os.path.join(folder, f"labels.tmp{os.getpid()}.npy")
-            np.save(tmp, labels.numpy())
-            os.replace(tmp, os.path.join(folder, "labels.npy"))
+            with atomic_write(os.path.join(folder, "labels.npy")) as tmp:
+                np.save(tmp, labels.numpy())
             manifest = {**wanted, "count": len(images), "shape": list(shape), "class_names": class_names}
-            tmp = f"{manifest_path}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump(manifest, f, indent=1)
-            os.replace(tmp, manifest_path)
+            write_bytes_atomically(manifest_path, json.dumps(manifest, indent=1).encode())
         _barrier(world)
         with open(manifest_path) as f:
             return cls(folder, json.load(f))

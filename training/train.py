@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from drwkv import known_warnings
+from drwkv.files import atomic_write
 from drwkv.diffusion import diffusion_from_config
 from drwkv.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_CONFIGS, build_model, read_checkpoint
 from drwkv.png import make_grid, save_png, to_uint8
@@ -113,17 +114,14 @@ def set_rng_state(state):
 
 
 def atomic_save(obj, path):
-    """Write to a temp file in the same directory, then rename: readers never see a partial file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through a temp file and a rename (drwkv.files): readers never see a partial file."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_grid(images, path, nrow):
-    """images [N, C, H, W] in [-1, 1] -> PNG grid with nrow images per row (drwkv.png), written atomically."""
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    save_png(tmp, make_grid(to_uint8(images.float().cpu().numpy()), nrow))
-    os.replace(tmp, path)
+    """images [N, C, H, W] in [-1, 1] -> PNG grid with nrow images per row (drwkv.png, written atomically)."""
+    save_png(path, make_grid(to_uint8(images.float().cpu().numpy()), nrow))
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -88,14 +89,12 @@ def latent_std(vae, images, seed, batch_size=256):
 
 
 def save_folder(vae, out):
-    """config.json and the safetensors weights, each written to a temp file and renamed into out."""
-    tmp = os.path.join(out, f".tmp{os.getpid()}")
-    vae.save_pretrained(tmp, safe_serialization=True)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        os.replace(os.path.join(tmp, name), os.path.join(out, name))
-    for name in os.listdir(tmp):
-        os.remove(os.path.join(tmp, name))
-    os.rmdir(tmp)
+    """config.json and the safetensors weights, written into a temp folder and renamed into out one by one
+    (diffusers writes a folder, so drwkv.files.atomic_write, which writes one file, does not apply)."""
+    with tempfile.TemporaryDirectory(prefix=".vae.", dir=out) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            os.replace(os.path.join(tmp, name), os.path.join(out, name))
 
 
 def main():

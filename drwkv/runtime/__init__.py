@@ -13,10 +13,11 @@ when chosen, so importing this package, and the ONNX Runtime and TensorRT paths,
 import importlib.util
 import os
 
+from drwkv.files import UnsafePathError, file_in_folder
 from drwkv.runtime.base import (ArtifactError, Decoder, Denoiser, check_decoder, decoder_path,
                                  recorded_vae_folder)
 
-__all__ = ["ArtifactError", "Decoder", "Denoiser", "load_decoder", "load_denoiser"]
+__all__ = ["ArtifactError", "Decoder", "Denoiser", "check_threads", "load_decoder", "load_denoiser", "max_threads"]
 
 
 def load_denoiser(engine=None, onnx=None, ckpt=None, **options):
@@ -29,11 +30,31 @@ def load_denoiser(engine=None, onnx=None, ckpt=None, **options):
     given = [name for name, value in (("engine", engine), ("onnx", onnx), ("ckpt", ckpt)) if value is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one of engine, onnx, ckpt (got {', '.join(given) or 'none'})")
+    for name in ("intra_op_threads", "threads"):
+        if options.get(name) is not None:
+            check_threads(options[name])
     if engine is not None:
         return _tensorrt_backend(engine).TensorRTDenoiser(engine, **options)
     if onnx is not None:
         return _onnx_backend().OnnxRuntimeDenoiser(onnx, **options)
     return _torch_backend().TorchDenoiser(ckpt, **options)
+
+
+def max_threads():
+    """The most CPU threads a model may be given: 4 per CPU this process may run on. More only
+    multiplies idle threads (each of ONNX Runtime's, OpenMP's and torch's pools has that many)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return 4 * cpus
+
+
+def check_threads(threads):
+    """Refuse (ValueError, one line) a thread count that is not an integer in [1, max_threads()]."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= max_threads():
+        raise ValueError(f"threads must be an integer from 1 to {max_threads()} (4 per CPU this process may use), "
+                         f"got {threads!r}")
 
 
 def load_decoder(denoiser, path=None, **options):
@@ -75,7 +96,11 @@ def _default_decoder(denoiser):
                                 f"give the VAE folder with --vae-decoder FOLDER")
         return folder
     named = getattr(denoiser, "decoder_file", None)
-    path = os.path.join(os.path.dirname(denoiser.path), named) if named else decoder_path(denoiser.path)
+    try:
+        path = (file_in_folder(os.path.dirname(denoiser.path), named, f"the VAE decoder named in {denoiser.path}")
+                if named else decoder_path(denoiser.path))
+    except UnsafePathError as e:
+        raise ArtifactError(str(e)) from None
     if not os.path.isfile(path):
         how = ("build it with python -m export.to_trt from the model's ONNX export" if denoiser.name == "tensorrt"
                else "export it with python -m export.to_onnx CKPT -o MODEL.onnx --vae FOLDER")

@@ -17,9 +17,12 @@ import os
 
 import numpy as np
 
+from drwkv.files import UnsafePathError, file_in_folder
 from drwkv.runtime.tiling import decode_tiled
 
 CONFIG_KEYS = ("model", "image_size", "in_channels", "num_classes", "learn_sigma")
+#: Bounds a config's numbers must keep (an artifact's metadata is untrusted input).
+CONFIG_RANGES = (("image_size", 1, 65536), ("in_channels", 1, 1024), ("num_classes", 0, 10**7))
 
 
 class ArtifactError(ValueError):
@@ -34,6 +37,13 @@ def parse_config(text, source):
         raise ArtifactError(f"{source}: the drwkv model config is not valid JSON") from None
     if not isinstance(config, dict) or any(k not in config for k in CONFIG_KEYS):
         raise ArtifactError(f"{source}: the drwkv model config lacks some of {', '.join(CONFIG_KEYS)}")
+    for key, low, high in CONFIG_RANGES:
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ArtifactError(f"{source}: the drwkv model config's {key} must be an integer from {low} to {high}, "
+                                f"got {value!r}")
+    if not isinstance(config["learn_sigma"], bool) or not isinstance(config["model"], str):
+        raise ArtifactError(f"{source}: the drwkv model config's model must be a name and learn_sigma true or false")
     return config
 
 
@@ -111,18 +121,27 @@ def decoder_path(artifact):
 def recorded_vae_folder(latent, artifact):
     """The VAE folder a latent model's config records -> (folder, None), or (None, why not).
 
-    The record is the folder as it was given to training (often relative, "pretrained/emoji-vae");
-    it is looked for as given, then by its name next to the artifact, so a checkpoint and its VAE
-    moved together keep working from any directory.
+    The record is the folder as it was given to training ("pretrained/emoji-vae"). An artifact may
+    only name files inside its own folder (drwkv.files), so the record is looked for there: as a
+    path relative to the artifact's folder, then by its last name beside the artifact. A checkpoint
+    moved together with its VAE folder keeps working from any directory; a VAE elsewhere is given
+    by the user (--vae-decoder, --vae).
     """
     recorded = latent.get("vae")
     if not recorded:
         return None, "the checkpoint records no VAE folder"
-    beside = os.path.join(os.path.dirname(os.fspath(artifact)), os.path.basename(os.path.normpath(recorded)))
-    for folder in (recorded, beside):
-        if os.path.isdir(folder):
-            return folder, None
-    return None, f"its VAE folder {recorded} is not here, nor beside {os.fspath(artifact)}"
+    folder = os.path.dirname(os.fspath(artifact))
+    for name in (recorded, os.path.basename(os.path.normpath(recorded))):
+        try:
+            candidate = file_in_folder(folder, name, "the VAE folder")
+            if os.path.isdir(candidate):  # its files, too, must not lead out (a symbolic link inside)
+                for file in os.listdir(candidate):
+                    file_in_folder(folder, os.path.join(name, file), "the VAE folder")
+                return candidate, None
+        except UnsafePathError:
+            continue
+    return None, (f"its VAE folder {recorded} is not inside {folder or '.'} (an artifact may only name files inside "
+                  f"its own folder)")
 
 
 def check_decoder(decoder, denoiser):

@@ -22,7 +22,9 @@ import os
 
 import numpy as np
 
+from drwkv.files import UnsafePathError, file_in_folder
 from drwkv.runtime.base import ArtifactError, Decoder, Denoiser, parse_config
+from drwkv.runtime.ort_env import session_options
 from drwkv.runtime.ort_fusion import value_info
 
 CONFIG_KEY = "drwkv.config"
@@ -35,23 +37,58 @@ VAE_SHA256_KEY = "drwkv.vae_sha256"        # both: sha256 of the VAE weights the
 DECODER_KEYS = ("drwkv.vae_downsample", "drwkv.vae_channels", "drwkv.vae_image_channels")
 BIWKV_DOMAIN = "drwkv"
 BIWKV_OP = "BiWKV"
+FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def _load(path, what):
-    """onnx.load with one-line ArtifactErrors -> (ModelProto, metadata dict)."""
+    """onnx.load with one-line ArtifactErrors -> (ModelProto, metadata dict).
+
+    External weights (the ``.data`` file the export writes beside models over about 1.9 GB) are read
+    only from regular files inside the model's folder; every float weight must be finite."""
     import onnx
     from google.protobuf.message import DecodeError
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
     if not os.path.isfile(path):
         raise ArtifactError(f"{what} not found: {path}")
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=False)
     except (DecodeError, OSError, ValueError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"{path}: not a readable ONNX file (truncated or corrupt?): {reason[:200]}") from None
     if not model.graph.node:
         raise ArtifactError(f"{path}: the ONNX graph is empty (truncated file?)")
+    folder = os.path.dirname(path)
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    for location in sorted({e.value for t in external for e in t.external_data if e.key == "location"}):
+        try:
+            data = file_in_folder(folder, location, f"the external weights file named in {path}")
+        except UnsafePathError as e:
+            raise ArtifactError(str(e)) from None
+        if os.path.islink(data) or not os.path.isfile(data):
+            raise ArtifactError(f"{path}: its external weights file {location} is missing or not a regular file")
+    if external:
+        try:
+            load_external_data_for_model(model, folder or ".")
+        except Exception as e:  # onnx raises several types for short or unreadable data files
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise ArtifactError(f"{path}: its external weights cannot be read: {reason}") from None
+    _check_finite(model, path)
     return model, {p.key: p.value for p in model.metadata_props}
+
+
+def _check_finite(model, path):
+    """ArtifactError naming the first float weight with a NaN or Inf (it would make every image black)."""
+    from onnx import numpy_helper
+
+    for tensor in model.graph.initializer:
+        if tensor.data_type not in FLOAT_TYPES:
+            continue
+        values = numpy_helper.to_array(tensor)
+        if not np.isfinite(values).all():
+            bad = int(values.size - np.isfinite(values).sum())
+            raise ArtifactError(f"{path}: the weight {tensor.name} has {bad} non-finite value{'s' * (bad > 1)} "
+                                f"(NaN or Inf): the model is damaged")
 
 
 def read_onnx(path):
@@ -89,11 +126,8 @@ def _session(model, path, providers, intra_op_threads, custom_ops=False, profile
     profile: with ONNX Runtime's profiling on (for benchmarks)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options(intra_op_threads)
     options.enable_profiling = profile
-    if intra_op_threads:
-        options.intra_op_num_threads = int(intra_op_threads)
     if custom_ops:
         from drwkv import ort_ops
         options.register_custom_ops_library(ort_ops.register())

@@ -44,29 +44,11 @@ if not _openmp_loaded():
 
 from drwkv import _C  # noqa: E402  (after the wait policy)
 from drwkv.runtime import ort_fusion  # noqa: E402
+from drwkv.runtime.ort_env import session_options  # noqa: E402
 
 BIWKV_DOMAIN = ort_fusion.BIWKV_DOMAIN
 NATIVE_DOMAIN = ort_fusion.NATIVE_DOMAIN
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def _ort():
-    import onnxruntime
-
-    return onnxruntime
-
-
-_shared_arena = False
-
-
-def _register_shared_arena():
-    """Register (once per process) a CPU arena that sessions created with use_env_allocators share."""
-    global _shared_arena
-    if not _shared_arena:
-        ort = _ort()
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-        _shared_arena = True
 
 
 class _Segment:
@@ -98,8 +80,10 @@ class _BufferPool:
         key = (tuple(shape), np.dtype(dtype))
         entry = self.free[key].pop() if self.free[key] else None
         if entry is None:
+            import onnxruntime as ort
+
             array = np.empty(shape, dtype)
-            entry = (array, _ort().OrtValue.ortvalue_from_numpy(array))
+            entry = (array, ort.OrtValue.ortvalue_from_numpy(array))
         self.owned[name] = entry
         return entry[0]
 
@@ -267,13 +251,7 @@ class SplitSession:
         for name in self.output_names:
             last_read[name] = len(groups)
 
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # One arena for all the segments: each session's own would keep its peak, 30-odd times over.
-        _register_shared_arena()
-        options.add_session_config_entry("session.use_env_allocators", "1")
-        if self.threads:
-            options.intra_op_num_threads = self.threads
+        options = session_options(self.threads, env_allocators=True)
         self.steps, self.release = [], []
         self._pool = _BufferPool()
         produced = set()  # values made by the steps (graph inputs are the caller's: never overwritten)

@@ -5,9 +5,13 @@
 
 #include <algorithm>
 #include <array>
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <stdexcept>
+#include <string>
 
 namespace drwkv {
 namespace {
@@ -92,9 +96,22 @@ std::vector<uint8_t> encode_png(int width, int height, int channels, uint8_t con
 
 void write_png(std::string const& path, int width, int height, int channels, uint8_t const* pixels) {
   std::vector<uint8_t> const png = encode_png(width, height, channels, pixels);
-  std::ofstream file(path, std::ios::binary);
-  file.write(reinterpret_cast<char const*>(png.data()), std::streamsize(png.size()));
-  if (!file.good()) throw std::runtime_error("cannot write " + path);
+  // Through a temp file and a rename, as every write of the project: an existing file stays whole
+  // until the new one is complete.
+  std::string const tmp = path + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream file(tmp, std::ios::binary);
+    file.write(reinterpret_cast<char const*>(png.data()), std::streamsize(png.size()));
+    file.close();
+    if (!file) {
+      std::remove(tmp.c_str());
+      throw std::runtime_error("cannot write " + path);
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error("cannot write " + path);
+  }
 }
 
 std::vector<uint8_t> image_to_uint8(float const* chw, int channels, int height, int width) {
