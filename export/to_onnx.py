@@ -18,16 +18,12 @@ types), BiWKV nodes included, while the I/O stays float32 (a Cast after ``x``, b
 parts stay float32: the sinusoidal timestep embedding (t reaches 999, beyond float16's precision
 for the phases) and the operator's w/u parameters, which the operator takes as float32.
 
---portable: the Bi-WKV is written in standard ONNX ops so that any ONNX runtime can run the graph.
-It is quadratic in T. Since l(t,i) = k_i - (|t-i|-1) w (u + k_t on the diagonal), exp(l) factors
-into a per-channel [T,T] matrix D[c,t,i] = exp(-(|t-i|-1) w_c) (exp(u_c) at i = t) times exp(k_i):
-
-    e = exp(k - max_i k)                          [B,T,C]   (the max cancels in the ratio)
-    y = (D @ (e * v)) / (D @ e)                   per channel, one MatMul over [C,T,T] x [C,T,2B]
-
-which costs C*T*T memory rather than the B*C*T*T of explicit logits and softmax. It agrees with
-the operator to float32 rounding as long as the spread of k over the positions plus |T w| (the
-trained spatial_decay) stays below ~80, where float32's exp would underflow.
+--portable: the Bi-WKV is written in standard ONNX ops so that any ONNX runtime can run the graph
+(export.portable): sums over chunks of sqrt(T) tokens with CumSum and an N x N matrix of chunk
+carries, every exponential anchored at a maximum; O(B*T*C) time and memory, in float32 (also under
+--dtype fp16: the model casts k and v to float32 for the operator). It is float32-exact (~1e-6
+relative) for |spatial_decay| <= 100 and 2 sqrt(T) |w| + |u| <= 60 (w, u: decay and first over T);
+a model outside that range is refused.
 
 A latent model (``config["latent"]``, see drwkv.vae) also gets its VAE decoder, ``NAME.vae_decoder.onnx``
 next to ``NAME.onnx``: input ``latents`` [B, c, h, w] float32 in the denoiser's space (the graph
@@ -83,29 +79,14 @@ def _translation(portable):
     that inference never reads, so y stands in for it)."""
     import onnxscript
     import torch
-    from onnx import TensorProto
-    from onnxscript import opset18 as op
 
     import drwkv.ops  # noqa: F401  (registers torch.ops.drwkv.bi_wkv_*)
+    from export.portable import bi_wkv as bi_wkv_portable
 
     custom = onnxscript.values.Opset(BIWKV_DOMAIN, 1)
 
     def bi_wkv_node(w, u, k, v):
         return custom.BiWKV(w, u, k, v, plugin_version=PLUGIN_VERSION)
-
-    def bi_wkv_portable(w, u, k, v):
-        e = op.Exp(op.Sub(k, op.ReduceMax(k, op.Constant(value_ints=[1]), keepdims=1)))   # [B,T,C]
-        T = op.Squeeze(op.Shape(k, start=1, end=2))
-        pos = op.Cast(op.Range(op.Constant(value_int=0), T, op.Constant(value_int=1)), to=TensorProto.FLOAT)
-        dist = op.Abs(op.Sub(op.Unsqueeze(pos, op.Constant(value_ints=[1])),
-                             op.Unsqueeze(pos, op.Constant(value_ints=[0]))))             # [T,T]
-        channel = op.Constant(value_ints=[1, 2])
-        log_d = op.Mul(op.Sub(op.Constant(value_float=1.0), dist), op.Unsqueeze(w, channel))  # [C,T,T]
-        log_d = op.Where(op.Equal(dist, op.Constant(value_float=0.0)), op.Unsqueeze(u, channel), log_d)
-        both = op.Transpose(op.Concat(op.Mul(e, v), e, axis=0), perm=[2, 1, 0])            # [C,T,2B]
-        num_den = op.MatMul(op.Exp(log_d), both)                                          # [C,T,2B]
-        num, den = op.Split(num_den, num_outputs=2, axis=2)
-        return op.Transpose(op.Div(num, den), perm=[2, 1, 0])                             # [B,T,C]
 
     bi_wkv = bi_wkv_portable if portable else bi_wkv_node
 
@@ -240,6 +221,9 @@ def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False, vae=None, vae
         if value not in ("fp32", "fp16"):
             raise ValueError(f"{name} must be fp32 or fp16, got {value!r}")
     config, model = load_checkpoint(ckpt_path)  # the EMA weights
+    if portable:
+        from export.portable import check_model
+        check_model(model)  # its decays within the range the portable graph is exact for
     vae_folder, _ = find_vae(config, ckpt_path, vae, force)
     if vae_folder is None and vae_dtype != "fp32":
         raise ValueError(f"--vae-dtype applies to the VAE decoder, and {ckpt_path} has none at hand"
@@ -397,7 +381,7 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                         help="precision of the denoiser; fp16 keeps float32 I/O (default: fp32)")
     parser.add_argument("--portable", action="store_true",
-                        help="write the Bi-WKV in standard ONNX ops (quadratic in tokens) instead of the custom node")
+                        help="write the Bi-WKV in standard ONNX ops (linear in tokens) instead of the custom node")
     parser.add_argument("--vae", metavar="FOLDER",
                         help="latent models: the diffusers VAE folder to export the decoder from (default: the "
                              "folder the checkpoint records); its latent space must be the model's")

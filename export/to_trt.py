@@ -5,6 +5,7 @@ of its VAE decoder when it has one.
     python -m export.to_trt ckpt.pt -o model.plan --dtype fp16          # writes model.onnx next to the plan
     python -m export.to_trt model.onnx -o model.plan --max-batch 16 --timing-cache trt.cache
     python -m export.to_trt model.onnx -o model.plan --vae-max-tile 96  # decoder tiles up to 96 latent pixels
+    python -m export.to_trt ckpt.pt -o model.plan --portable            # no plugin: standard ONNX ops only
 
 Writes the serialized engine (``model.plan``) and its JSON sidecar (``model.plan.json``): the model
 config from the ONNX metadata, the TensorRT version, the GPU name and compute capability, the
@@ -21,6 +22,11 @@ looks the op_type up in the plugin registry: the plugin library (--plugin, defau
 libdrwkv_trt_plugin.so, see drwkv.runtime.tensorrt.find_plugin_library) is loaded first. The
 network is strongly typed: layer precision comes from the graph's types, so an fp16 engine is
 built from an fp16 export (``--dtype fp16``), and no builder precision flags are set.
+
+--portable builds from the portable export (``python -m export.to_onnx --portable``, export.portable):
+its Bi-WKV is standard ONNX ops that the parser imports itself, so no plugin library is needed or
+loaded. A checkpoint source is exported that way; an ONNX source must be such an export. (A graph
+without BiWKV nodes never loads the plugin, flag or not.)
 
 Needs TensorRT's Python package, cuda-python and onnx, on a machine with an NVIDIA GPU; without
 them the command says what is missing and exits with status 1.
@@ -67,7 +73,7 @@ def build_engine(onnx_path, plan_path, plugin=None, min_batch=1, opt_batch=8, ma
     meta = {p.key: p.value for p in model.metadata_props}
     nodes = _check_bi_wkv_nodes(model, onnx_path)
     del model  # the parser reads the file itself (external weights included)
-    library = backend.load_plugin_library(plugin)
+    library = backend.load_plugin_library(plugin) if nodes else None  # a portable graph needs none
 
     def profile(tensor):
         rest = list(tensor.shape)[1:]  # only the batch dimension is dynamic in a drwkv export
@@ -82,7 +88,8 @@ def build_engine(onnx_path, plan_path, plugin=None, min_batch=1, opt_batch=8, ma
         "config": config,
         "tensorrt_version": trt.__version__,
         **backend.gpu_identity(),
-        "plugin": {"name": backend.PLUGIN_NAME, "version": backend.PLUGIN_VERSION, "library": str(library)},
+        "plugin": {"name": backend.PLUGIN_NAME, "version": backend.PLUGIN_VERSION, "library": str(library)}
+        if library else None,
         "bi_wkv_nodes": nodes,
         "precision": meta.get("drwkv.dtype", "fp32"),
         "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch},
@@ -132,6 +139,29 @@ def build_decoder_engine(onnx_path, plan_path, min_batch=1, opt_batch=1, max_bat
     return sidecar
 
 
+def onnx_model(source, output, dtype=None, portable=False):
+    """The ONNX denoiser to build ``output`` from: ``source`` when it is one, else the checkpoint
+    ``source`` exported next to ``output`` (model.plan -> model.onnx) in ``dtype`` (default fp32),
+    portable: with the Bi-WKV in standard ONNX ops. BuildError for a portable build from an ONNX
+    model that holds BiWKV nodes."""
+    from drwkv.runtime.onnx import BIWKV_DOMAIN, read_onnx
+
+    source = Path(source)
+    if source.suffix != ".onnx":
+        from export.to_onnx import export_onnx
+
+        onnx_path = Path(output).with_suffix(".onnx")
+        export_onnx(source, onnx_path, dtype=dtype or "fp32", portable=portable)
+        print(f"exported {onnx_path}", file=sys.stderr)
+        return onnx_path
+    if portable:
+        nodes = sum(n.domain == BIWKV_DOMAIN for n in read_onnx(source)[0].graph.node)
+        if nodes:
+            raise BuildError(f"--portable: {source} holds {nodes} BiWKV nodes; export the checkpoint with "
+                             f"python -m export.to_onnx CKPT -o MODEL.onnx --portable, or give the checkpoint")
+    return source
+
+
 def _check_range(what, low, opt, high):
     if not 1 <= low <= opt <= high:
         raise ValueError(f"need 1 <= min-{what} <= opt-{what} <= max-{what}, got {low}, {opt}, {high}")
@@ -179,6 +209,9 @@ def main(argv=None):
     parser.add_argument("source", help="model.onnx from python -m export.to_onnx, or a checkpoint (exported first)")
     parser.add_argument("-o", "--output", required=True, help="the engine to write (model.plan; + model.plan.json)")
     parser.add_argument("--plugin", help="BiWKV plugin library (default: the built libdrwkv_trt_plugin.so)")
+    parser.add_argument("--portable", action="store_true",
+                        help="build from the portable graph (Bi-WKV in standard ONNX ops, no plugin): a checkpoint "
+                             "is exported with --portable, an ONNX source must be such an export")
     parser.add_argument("--dtype", choices=("fp32", "fp16"),
                         help="precision of the ONNX export of a checkpoint (default fp32); an ONNX source keeps its own")
     parser.add_argument("--min-batch", type=int, default=1, help="smallest batch of the profile (default 1)")
@@ -211,19 +244,10 @@ def main(argv=None):
     from drwkv.runtime.base import ArtifactError
     from drwkv.runtime.onnx import read_onnx
 
-    source = Path(args.source)
+    if Path(args.source).suffix == ".onnx" and args.dtype is not None:
+        parser.error("--dtype applies to a checkpoint source; an ONNX model keeps the precision it was exported with")
     try:
-        if source.suffix == ".onnx":
-            if args.dtype is not None:
-                parser.error("--dtype applies to a checkpoint source; an ONNX model keeps the precision it was "
-                             "exported with")
-            onnx_path = source
-        else:
-            from export.to_onnx import export_onnx
-
-            onnx_path = Path(args.output).with_suffix(".onnx")
-            export_onnx(source, onnx_path, dtype=args.dtype or "fp32")
-            print(f"exported {onnx_path}", file=sys.stderr)
+        onnx_path = onnx_model(args.source, args.output, args.dtype, args.portable)
         _, config = read_onnx(onnx_path)
         decoder_onnx = decoder_path(onnx_path)
         with_decoder = bool(config.get("latent")) and os.path.isfile(decoder_onnx)
