@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -491,13 +492,14 @@ def read_checkpoint(path, map_location="cpu") -> dict:
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:  # torch's message suggests weights_only=False: never do that
-        needed = re.search(r"GLOBAL (\S+)|(Unsupported (?:operand|class) \S+)", str(e))
-        if needed:
-            what = f"the pickled object {needed.group(1)}" if needed.group(1) else f"pickle content ({needed.group(2)})"
+        refused = re.search(r"GLOBAL (\S+)", str(e))
+        opcode = re.search(r"Unsupported operand \d+", str(e))
+        if refused or (opcode and zipfile.is_zipfile(path)):  # a torch archive whose pickle wants more than data
+            what = f"the pickled object {refused.group(1)}" if refused else f"a pickle instruction ({opcode.group(0)})"
             raise ValueError(f"{path}: refused: it needs {what}; drwkv loads only tensors and plain data and never "
                              f"unpickles code (nothing in the file was run)") from None
-        reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable drwkv checkpoint (unpickling failed: {reason})") from None
+        raise ValueError(f"{path}: not a readable drwkv checkpoint (torch.load failed: "
+                         f"{str(e).strip().splitlines()[-1][:200]})") from None
     except Exception as e:  # zip/pickle errors vary by corruption; report them in one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not a readable drwkv checkpoint (torch.load failed: {reason[:200]})") from None

@@ -13,9 +13,12 @@ never hub names, nothing downloaded. ``latent_space`` gives the record a checkpo
 import hashlib
 import json
 import os
+import shutil
 
 import torch
 from torch import nn
+
+from drwkv.files import atomic_write
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 CONFIG_FILE = "config.json"
@@ -70,6 +73,23 @@ def latent_space(folder, image_size) -> dict:
             "shift_factor": float(config.get("shift_factor") or 0.0),
             "channels": int(config.get("latent_channels", 4)), "downsample": downsample,
             "image_size": int(image_size), "in_channels": int(config.get("in_channels", 3))}
+
+
+def copy_vae_folder(folder, out):
+    """Put the VAE's two files in ``out`` (hard links where the file system allows, else copies, each
+    written atomically), so that a training run's folder holds its VAE: an artifact may only name
+    files inside its own folder. Skipped when ``out`` holds the same weights already."""
+    if os.path.isdir(out) and os.path.isfile(os.path.join(out, WEIGHTS_FILE)) and \
+            weights_sha256(out) == weights_sha256(folder):
+        return out
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        with atomic_write(os.path.join(out, name)) as tmp:
+            os.remove(tmp)
+            try:
+                os.link(os.path.join(folder, name), tmp)
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(os.path.join(folder, name), tmp)
+    return out
 
 
 def load_vae(folder, device="cpu"):

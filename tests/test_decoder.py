@@ -44,7 +44,9 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(workdir, tiny_vae):
-    return write_random_checkpoint(workdir / "ckpt.pt", latent_config(tiny_vae))
+    """A latent checkpoint with its VAE beside it, where a training run keeps it."""
+    shutil.copytree(tiny_vae, workdir / "vae")
+    return write_random_checkpoint(workdir / "ckpt.pt", latent_config(workdir / "vae"))
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ def test_fp16_decoder_only_when_asked_and_checked_for_overflow(tiny_vae, tmp_pat
 
 def test_vae_override_must_fit_the_latent_space(ckpt, tiny_vae, tmp_path):
     config = torch.load(ckpt, weights_only=True)["config"]
-    assert to_onnx.find_vae(config, ckpt) == (str(tiny_vae), None)
+    assert to_onnx.find_vae(config, ckpt) == (str(ckpt.parent / "vae"), None)
     other = make_tiny_vae(tmp_path / "other", seed=1)           # same space, other weights
     with pytest.raises(ValueError, match="other weights .* --force"):
         to_onnx.find_vae(config, ckpt, other)
@@ -145,15 +147,15 @@ def test_without_the_vae_at_hand_the_denoiser_is_written_alone(tmp_path, tiny_va
     out = tmp_path / "m.onnx"
     to_onnx.main([str(ckpt), "-o", str(out)])
     hint = [line for line in capsys.readouterr().err.splitlines() if line.startswith("no VAE decoder written")]
-    assert hint == [f"no VAE decoder written (its VAE folder {moved} is not here, nor beside {ckpt}); "
-                    f"add it with: python -m "
+    assert hint == [f"no VAE decoder written (its VAE folder {moved} is not inside {tmp_path} (an artifact may only "
+                    f"name files inside its own folder)); add it with: python -m "
                     f"export.to_onnx {ckpt} -o {out} --vae FOLDER"]
     assert out.exists() and not (tmp_path / "m.vae_decoder.onnx").exists()
     assert "drwkv.vae_decoder" not in _meta(out)
     # Runtimes refuse, in one line, to make images without it.
     with pytest.raises(ArtifactError, match=r"is a latent model and its VAE decoder .*m.vae_decoder.onnx is missing"):
         load_decoder(load_denoiser(onnx=out))
-    with pytest.raises(ArtifactError, match="its VAE folder .* is not here, nor beside .*: give the VAE folder with --vae-decoder"):
+    with pytest.raises(ArtifactError, match="its VAE folder .* is not inside .*: give the VAE folder with --vae-decoder"):
         load_decoder(load_denoiser(ckpt=ckpt))
 
 

@@ -83,7 +83,7 @@ def test_decoder_engine_matches_onnx_runtime(tmp_path, tiny_vae):
     from export.to_trt import main
 
     ckpt = write_checkpoint(tmp_path / "ckpt.pt", latent_config(tiny_vae))
-    export_onnx(ckpt, tmp_path / "model.onnx")
+    export_onnx(ckpt, tmp_path / "model.onnx", vae=tiny_vae)
     main([str(tmp_path / "model.onnx"), "-o", str(tmp_path / "model.plan"), "--max-batch", "4",
           "--vae-max-batch", "2", "--vae-max-tile", "16"])
     engine = load_denoiser(engine=tmp_path / "model.plan")

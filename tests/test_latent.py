@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny_vae
 
 from drwkv.model import build_model, load_checkpoint
-from drwkv.vae import encode, latent_space, load_vae, weights_sha256
+from drwkv.vae import WEIGHTS_FILE, encode, latent_space, load_vae, weights_sha256
 from training.data import EMOJI_MIN_CLASS_IMAGES, load_dataset
 from training.latents import LatentCache
 
@@ -152,8 +152,11 @@ def test_latent_checkpoint_describes_its_latent_space(latent_run, digits_vae):
     ckpt = torch.load(latent_run / "full" / "ckpt.pt", weights_only=True)
     cfg = ckpt["config"]
     assert cfg["image_size"] == 4 and cfg["in_channels"] == 4 and ckpt["step"] == 6  # the denoiser's input
-    assert cfg["latent"] == {"vae": str(digits_vae), "vae_sha256": weights_sha256(digits_vae), "scaling_factor": 0.5,
+    assert cfg["latent"] == {"vae": "vae", "vae_sha256": weights_sha256(digits_vae), "scaling_factor": 0.5,
                              "shift_factor": 0.0, "channels": 4, "downsample": 2, "image_size": 8, "in_channels": 1}
+    # The run's folder holds its VAE (an artifact names files only inside its own folder).
+    assert weights_sha256(latent_run / "full" / "vae") == weights_sha256(digits_vae)
+    assert os.stat(latent_run / "full" / "vae" / WEIGHTS_FILE).st_ino == os.stat(digits_vae / WEIGHTS_FILE).st_ino
     config, model = load_checkpoint(latent_run / "full" / "ckpt.pt")
     assert model.x_embedder.in_channels == 4 and model.out_channels == 8
     from PIL import Image

@@ -20,7 +20,8 @@ With --vae the training split is encoded once into an on-disk latent cache (trai
 the posterior's mean and std, memory-mapped float16); every batch draws mean + std * eps with eps
 from the step's generator, and sample grids are decoded to RGB by the VAE. The checkpoint's config
 then describes the denoiser's input (latent size and channels) and records the latent space in
-config["latent"].
+config["latent"]. The VAE's files are linked (or copied) into <out>/vae, which the record names: a
+run's folder is self-contained, as an artifact may only name files inside its own folder.
 """
 import argparse
 import copy
@@ -43,7 +44,7 @@ from drwkv.files import atomic_write
 from drwkv.diffusion import diffusion_from_config
 from drwkv.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_CONFIGS, build_model, read_checkpoint
 from drwkv.png import make_grid, save_png, to_uint8
-from drwkv.vae import VAEError, latent_space, load_vae
+from drwkv.vae import VAEError, copy_vae_folder, latent_space, load_vae
 from training.data import DATASETS, batch_indices, load_dataset
 from training.eval import generate
 from training.latents import LatentCache, default_cache_dir
@@ -51,6 +52,9 @@ from training.latents import LatentCache, default_cache_dir
 NUM_TIMESTEPS = 1000  # the linear schedule's length (DiT's)
 
 # ----------------------------------------------------------------------------- configuration
+#: Where a latent run keeps its VAE (hard links or a copy of --vae's files), beside ckpt.pt.
+RUN_VAE_FOLDER = "vae"
+
 parser = argparse.ArgumentParser(description="Train a Diffusion-RWKV image generator.")
 parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
 parser.add_argument("--data-dir", default=None, help="dataset directory (folder dataset, or a fashion-mnist copy)")
@@ -232,8 +236,8 @@ def main():
         "dataset": args.dataset,
         "diffusion": {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": NUM_TIMESTEPS},
     }
-    if latent is not None:
-        config["latent"] = latent
+    if latent is not None:  # the VAE is copied into the run's folder (below) and named by its place there
+        config["latent"] = {**latent, "vae": RUN_VAE_FOLDER}
     if args.init_from:
         init = read_init_checkpoint(args.init_from, config)
     diffusion = diffusion_from_config(config)
@@ -273,6 +277,8 @@ def main():
 
     if master:
         os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
+        if latent:  # the run's folder holds its VAE, which the checkpoint names by its place there
+            copy_vae_folder(args.vae, os.path.join(args.out, RUN_VAE_FOLDER))
         params = sum(p.numel() for p in model.parameters())
         space = f" -> latents {example_shape} through {args.vae}" if latent else f" {example_shape}"
         print(f"{args.model}: {params / 1e6:.2f}M params | {args.dataset}: {num_examples} images{space}, "

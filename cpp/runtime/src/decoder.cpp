@@ -1,6 +1,9 @@
 // Decoder: TensorRT runtime + device buffers for the profile's largest batch and tile.
 #include "drwkv/decoder.h"
 
+#include <climits>
+#include <cstdlib>
+
 #include <algorithm>
 #include <fstream>
 #include <stdexcept>
@@ -9,6 +12,24 @@
 #include "trt_util.h"
 
 namespace drwkv {
+namespace {
+
+// The decoder a sidecar names, which must be a file of the plan's own folder (the export writes
+// its bare name): a sidecar may come from anyone, and may not send the runtime to other files.
+std::string file_in_folder(std::string const& dir, std::string const& name, std::string const& model_plan) {
+  std::string const refused = model_plan + ": its sidecar names the VAE decoder \"" + name +
+                              "\", outside the engine's folder (an artifact may only name files inside its own folder)";
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) throw std::runtime_error(refused);
+  std::string const path = dir + name;
+  char folder_real[PATH_MAX], file_real[PATH_MAX];
+  if (::realpath(dir.empty() ? "." : dir.c_str(), folder_real) != nullptr && ::realpath(path.c_str(), file_real) != nullptr) {
+    std::string const resolved = file_real, folder = folder_real;
+    if (resolved.compare(0, folder.size() + 1, folder + "/") != 0) throw std::runtime_error(refused);  // a link out
+  }
+  return path;
+}
+
+}  // namespace
 
 struct Decoder::Impl {
   DecoderConfig config;
@@ -116,7 +137,7 @@ std::unique_ptr<Decoder> load_decoder(std::string const& model_plan, ModelConfig
     std::string const dir = model_plan.find('/') == std::string::npos ? "" : model_plan.substr(0, model_plan.rfind('/') + 1);
     std::string const root = model_plan.size() > 5 && model_plan.compare(model_plan.size() - 5, 5, ".plan") == 0
                                  ? model_plan.substr(0, model_plan.size() - 5) : model_plan;
-    plan_path = model.vae_decoder.empty() ? root + ".vae_decoder.plan" : dir + model.vae_decoder;
+    plan_path = model.vae_decoder.empty() ? root + ".vae_decoder.plan" : file_in_folder(dir, model.vae_decoder, model_plan);
     if (!std::ifstream(plan_path))
       throw std::runtime_error(model_plan + " is a latent model and its VAE decoder " + plan_path +
                                " is missing: build it with python -m export.to_trt, or give one with --vae-decoder");
