@@ -1,9 +1,11 @@
 """Builds the C++ side outside the Python package with CMake and runs its ctest programs.
 
-Without TensorRT headers: the configure messages, and the sidecar JSON reader's ctest. With
-TensorRT headers (TensorRT_INCLUDE_DIR or TensorRT_ROOT in the environment) and nvcc: the BiWKV
-plugin library, its ctest harness (loads it as TensorRT does, on the CPU), and the engine runtime
-and example app compile without warnings. No GPU and no TensorRT libraries are needed.
+Without TensorRT headers: the configure messages, and the ctest programs that need neither TensorRT
+nor CUDA (the sidecar JSON reader, tiling, the CPU kernels against float64 references, the
+runtime's fixed outputs bit for bit). With TensorRT headers (TensorRT_INCLUDE_DIR or TensorRT_ROOT
+in the environment) and nvcc: also the BiWKV plugin library, its ctest harness (loads it as
+TensorRT does, on the CPU), and the engine runtime and example app compile without warnings. No
+GPU and no TensorRT libraries are needed.
 """
 import os
 import shutil
@@ -14,6 +16,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRT_HINTS = {k: os.environ[k] for k in ("TensorRT_INCLUDE_DIR", "TensorRT_ROOT") if os.environ.get(k)}
+
+# The C++ tests that need neither TensorRT nor CUDA: their programs and ctest names. The kernel tests
+# check every instruction-set build this processor runs (baseline, and AVX2 where it has it).
+CPU_TESTS = ["test_sidecar_json", "test_tiling", "test_bi_wkv_cpu", "test_fused_cpu", "test_runtime_bits"]
+CPU_CTESTS = [name.removeprefix("test_") for name in CPU_TESTS]
 
 needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("make") is None,
                                  reason="cmake and make needed")
@@ -37,10 +44,10 @@ def test_without_tensorrt_the_plugin_and_engine_runtime_are_skipped(tmp_path):
                 f"-DTensorRT_INCLUDE_DIR={tmp_path / 'no-tensorrt'}"], env=env).stdout
     assert "drwkv: TensorRT not found, skipping the BiWKV plugin (set TensorRT_ROOT or TensorRT_INCLUDE_DIR)" in out
     assert "drwkv: TensorRT not found, building the C++ samplers without the engine runtime" in out
-    built = _run(["cmake", "--build", tmp_path, "--target", "drwkv_samplers", "test_sidecar_json", "test_tiling"])
-    assert not _our_warnings(built, "cpp/runtime/", "cpp/tests/")
+    built = _run(["cmake", "--build", tmp_path, "-j2", "--target", "drwkv_samplers", *CPU_TESTS])
+    assert not _our_warnings(built, "cpp/runtime/", "cpp/tests/", "cpp/src/")
     tests = _run(["ctest", "--test-dir", tmp_path / "cpp" / "tests", "--output-on-failure"]).stdout
-    assert "sidecar_json" in tests and "tiling" in tests and "100% tests passed" in tests
+    assert all(f" {name} " in tests for name in CPU_CTESTS) and "100% tests passed" in tests
 
 
 @needs_cmake
@@ -54,7 +61,7 @@ def test_plugin_and_engine_runtime_build_and_pass_ctest(tmp_path):
                  *(f"-D{k}={v}" for k, v in TRT_HINTS.items())]
     out = _run(configure).stdout
     assert "drwkv: TensorRT" in out and "headers in" in out
-    targets = ["drwkv_trt_plugin", "test_bi_wkv_plugin", "drwkv_runtime", "test_sidecar_json", "test_tiling"]
+    targets = ["drwkv_trt_plugin", "test_bi_wkv_plugin", "drwkv_runtime", *CPU_TESTS]
     built = _run(["cmake", "--build", build, "-j2", "--target", *targets])
     # The example app links libnvinfer, which a headers-only setup lacks: compile it without linking.
     example = _run(["make", "-C", build / "cpp" / "runtime", "examples/generate.cpp.o"])

@@ -5,6 +5,7 @@
 #endif
 
 #include "drwkv/bi_wkv.h"
+#include "drwkv/cpu_builds.h"
 #include "drwkv/fused_cpu.h"
 
 namespace drwkv {
@@ -27,15 +28,26 @@ DRWKV_DECLARE_CPU_KERNELS(baseline)
 DRWKV_DECLARE_CPU_KERNELS(avx2)
 #endif
 
+#define DRWKV_CPU_BUILD(isa) \
+  CpuBuild{#isa, isa::forward, isa::backward, isa::shift_mix, isa::sigmoid_gate, isa::relu_square, isa::gated_residual}
+
+const std::vector<CpuBuild>& cpu_builds() {
+  static const std::vector<CpuBuild> builds = [] {
+    std::vector<CpuBuild> found;
+#ifdef DRWKV_HAVE_AVX2
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) found.push_back(DRWKV_CPU_BUILD(avx2));
+#endif
+    found.push_back(DRWKV_CPU_BUILD(baseline));
+    return found;
+  }();
+  return builds;
+}
+
 namespace {
 
-bool use_avx2() {
-#ifdef DRWKV_HAVE_AVX2
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-#else
-  return false;
-#endif
+const CpuBuild& best() {
+  static const CpuBuild& build = cpu_builds().front();
+  return build;
 }
 
 int resolve_threads(int threads) {
@@ -51,45 +63,30 @@ int resolve_threads(int threads) {
 
 void bi_wkv_forward_cpu(DType dtype, const void* w, const void* u, const void* k, const void* v, void* y,
                         void* lse, int64_t B, int64_t T, int64_t C, int threads) {
-  threads = resolve_threads(threads);
-#ifdef DRWKV_HAVE_AVX2
-  if (use_avx2()) return avx2::forward(dtype, w, u, k, v, y, lse, B, T, C, threads);
-#endif
-  baseline::forward(dtype, w, u, k, v, y, lse, B, T, C, threads);
+  best().forward(dtype, w, u, k, v, y, lse, B, T, C, resolve_threads(threads));
 }
 
 void bi_wkv_backward_cpu(DType dtype, const void* w, const void* u, const void* k, const void* v, const void* y,
                          const void* lse, const void* gy, void* gw, void* gu, void* gk, void* gv, int64_t B,
                          int64_t T, int64_t C, int threads) {
-  threads = resolve_threads(threads);
-#ifdef DRWKV_HAVE_AVX2
-  if (use_avx2()) return avx2::backward(dtype, w, u, k, v, y, lse, gy, gw, gu, gk, gv, B, T, C, threads);
-#endif
-  baseline::backward(dtype, w, u, k, v, y, lse, gy, gw, gu, gk, gv, B, T, C, threads);
+  best().backward(dtype, w, u, k, v, y, lse, gy, gw, gu, gk, gv, B, T, C, resolve_threads(threads));
 }
-
-// The fused passes: the same dispatch.
-#ifdef DRWKV_HAVE_AVX2
-#define DRWKV_CPU_CALL(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : baseline::fn(__VA_ARGS__))
-#else
-#define DRWKV_CPU_CALL(fn, ...) baseline::fn(__VA_ARGS__)
-#endif
 
 void shift_mix_cpu(const float* x, const float* scale1p, const float* shift, int64_t B, int64_t H, int64_t W,
                    int64_t C, int n, const float* const* mix, const float* const* keep, float* const* out,
                    int threads, const LayerNormParams* norm) {
-  DRWKV_CPU_CALL(shift_mix, x, scale1p, shift, B, H, W, C, n, mix, keep, out, resolve_threads(threads), norm);
+  best().shift_mix(x, scale1p, shift, B, H, W, C, n, mix, keep, out, resolve_threads(threads), norm);
 }
 
 void sigmoid_gate_cpu(float* y, const float* r, int64_t n, int threads) {
-  DRWKV_CPU_CALL(sigmoid_gate, y, r, n, resolve_threads(threads));
+  best().sigmoid_gate(y, r, n, resolve_threads(threads));
 }
 
-void relu_square_cpu(float* y, int64_t n, int threads) { DRWKV_CPU_CALL(relu_square, y, n, resolve_threads(threads)); }
+void relu_square_cpu(float* y, int64_t n, int threads) { best().relu_square(y, n, resolve_threads(threads)); }
 
 void gated_residual_cpu(const float* x, const float* gate, const float* branch, const float* r, float* out,
                         int64_t B, int64_t T, int64_t C, int threads) {
-  DRWKV_CPU_CALL(gated_residual, x, gate, branch, r, out, B, T, C, resolve_threads(threads));
+  best().gated_residual(x, gate, branch, r, out, B, T, C, resolve_threads(threads));
 }
 
 }  // namespace drwkv
