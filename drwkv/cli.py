@@ -20,6 +20,7 @@ import time
 from drwkv.files import check_writable, check_writable_folder
 from drwkv.pipeline import check_settings, parse_classes  # noqa: F401  (parse_classes: part of the CLI's interface)
 from drwkv.runtime import check_threads
+from drwkv.settings import RunSettings, printable, regenerate_command
 from drwkv.samplers import SAMPLERS
 
 PROG = "drwkv-infer"
@@ -122,7 +123,7 @@ def _check_args(args, parser):
 def run(args):
     from tqdm import tqdm
 
-    from drwkv.png import make_grid, parameters_line, save_png
+    from drwkv.png import make_grid, save_png
     from drwkv.pipeline import Pipeline
 
     t0 = time.perf_counter()
@@ -152,42 +153,17 @@ def run(args):
         os.makedirs(args.out, exist_ok=True)
     args.cfg_scale, args.clip_x0 = run_stats["cfg_scale"], run_stats["clip_x0"]  # as used, as the PNG text records
 
-    text = {"Software": PROG, "drwkv.model": config["model"], "drwkv.artifact": os.path.basename(artifact),
-            "drwkv.backend": denoiser.name, "drwkv.sampler": args.sampler, "drwkv.steps": args.steps,
-            "drwkv.eta": args.eta, "drwkv.cfg_scale": args.cfg_scale, "drwkv.clip_x0": args.clip_x0,
-            "drwkv.seed": args.seed, "drwkv.batch_size": args.batch_size}
-    for flag in ("vae_decoder", "vae_tile", "vae_tile_overlap"):  # tiles change a latent model's pixels
-        if getattr(args, flag) is not None:
-            text[f"drwkv.{flag}"] = getattr(args, flag)
-    names = list(config.get("class_names") or [])
-    label_names = [names[c] if c < len(names) else str(c) for c in labels]
-    conditional = int(config["num_classes"]) > 0
-
-    def parameters(classes):  # Size: of one image, also in a grid
-        fields = [("Steps", args.steps), ("Sampler", args.sampler)] + ([("Eta", args.eta)] if args.sampler == "ddim" else [])
-        fields += [("CFG scale", args.cfg_scale), ("Seed", args.seed), ("Size", f"{images.shape[2]}x{images.shape[1]}"),
-                   ("Model", config["model"]), ("Backend", denoiser.name), ("Artifact", os.path.basename(artifact))]
-        return parameters_line(fields + ([("Class", classes)] if conditional else []) + [("Clip x0", args.clip_x0)])
-
+    settings = RunSettings(PROG, config["model"], os.path.basename(artifact), denoiser.name, args.sampler, args.steps,
+                           args.eta, args.cfg_scale, args.clip_x0, args.seed, args.batch_size,
+                           (images.shape[2], images.shape[1]), config.get("class_names") or (),
+                           int(config["num_classes"]) > 0, args.vae_decoder, args.vae_tile, args.vae_tile_overlap)
     if grid:
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(out_dir, exist_ok=True)
         nrow = args.nrow or math.ceil(math.sqrt(len(images)))
-        picture = make_grid(images, nrow)
-        grid_text = {"drwkv.classes": ",".join(label_names), "drwkv.first_image": args.first_image,
-                     "drwkv.num_images": len(images), "drwkv.nrow": nrow}
-        if conditional:
-            grid_text["drwkv.labels"] = ",".join(str(c) for c in labels)
-        line = parameters(",".join(label_names))
-        save_png(args.out, picture, {**text, **grid_text, "parameters": f"{line}, Images: {len(images)}, "
-                                                                        f"First image: {args.first_image}"})
+        save_png(args.out, make_grid(images, nrow), settings.grid_text(labels, args.first_image, nrow))
         written = args.out
     else:
-        for i, image, label, name in zip(numbers, images, labels, label_names):
-            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-            image_text = {"drwkv.index": i, "drwkv.class": name, **({"drwkv.label": int(label)} if conditional else {})}
-            save_png(os.path.join(args.out, f"{i:04d}_{safe}.png"), image,
-                     {**text, **image_text, "parameters": f"{parameters(name)}, Image: {i}"})
+        for i, image, label in zip(numbers, images, labels):
+            save_png(os.path.join(args.out, settings.image_file_name(i, label)), image, settings.image_text(i, label))
         written = f"{len(images)} PNGs in {args.out}"
 
     sample_s, total_steps = run_stats["sample_s"], run_stats["batches"] * run_stats["steps"]
@@ -197,58 +173,6 @@ def run(args):
           f"{len(images)} images in {sample_s:.2f} s = {1000 * sample_s / total_steps:.1f} ms/step "
           f"(batch {min(args.batch_size, args.num_images)}{' x2 for guidance' if args.cfg_scale != 1.0 else ''}), "
           f"{len(images) / sample_s:.2f} images/s{decoded}; model load {load_s:.2f} s -> {written}", file=sys.stderr)
-
-
-_BACKEND_FLAGS = {"tensorrt": "--engine", "onnxruntime": "--onnx", "torch": "--ckpt"}
-_INT_SETTINGS = ("drwkv.steps", "drwkv.seed", "drwkv.batch_size", "drwkv.first_image", "drwkv.num_images",
-                 "drwkv.nrow", "drwkv.index", "drwkv.label", "drwkv.vae_tile", "drwkv.vae_tile_overlap")
-
-
-def printable(text):
-    """``text`` with control characters (ESC, BEL, newlines...) shown as escapes: a PNG's text is
-    untrusted and must not drive the terminal."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
-
-
-def regenerate_command(text):
-    """The drwkv-infer arguments that make an image again from its drwkv.* text chunks (its artifact by
-    file name, written to regenerated.png or the directory regenerated/); ValueError (one line) if they
-    are missing or not what drwkv-infer writes."""
-    for key, value in text.items():
-        if key.startswith("drwkv.") and not value.isprintable():
-            raise ValueError(f"the image's setting {key} holds control characters ({printable(value)[:80]}): "
-                             f"not written by drwkv-infer")
-    for key in _INT_SETTINGS:
-        if key in text and not text[key].isdigit():
-            raise ValueError(f"the image's setting {key} is not a whole number: {text[key][:80]!r}")
-    try:
-        if text["drwkv.backend"] not in _BACKEND_FLAGS:
-            raise ValueError(f"the image's setting drwkv.backend names an unknown backend {text['drwkv.backend'][:80]!r} "
-                             f"(known: {', '.join(_BACKEND_FLAGS)})")
-        backend = _BACKEND_FLAGS[text["drwkv.backend"]]
-        args = [backend, text["drwkv.artifact"], "--sampler", text["drwkv.sampler"], "--steps", text["drwkv.steps"]]
-        if text["drwkv.sampler"] == "ddim":
-            args += ["--eta", text["drwkv.eta"]]
-        args += ["--cfg-scale", text["drwkv.cfg_scale"], "--seed", text["drwkv.seed"],
-                 "--batch-size", text["drwkv.batch_size"]]
-        args += [] if text["drwkv.clip_x0"] == "True" else ["--no-clip"]
-        args += [a for flag in ("vae_decoder", "vae_tile", "vae_tile_overlap") if f"drwkv.{flag}" in text
-                 for a in (f"--{flag.replace('_', '-')}", text[f"drwkv.{flag}"])]
-        if "drwkv.index" in text:  # one image of a directory run
-            labels, first, count = [text.get("drwkv.label")], int(text["drwkv.index"]), 1
-            out = ["--out", "regenerated"]
-        else:
-            first, count = int(text["drwkv.first_image"]), int(text["drwkv.num_images"])
-            labels = text["drwkv.labels"].split(",") if "drwkv.labels" in text else [None]
-            out = ["--nrow", text["drwkv.nrow"], "--out", "regenerated.png"]
-    except KeyError as e:
-        raise ValueError(f"the image lacks the drwkv-infer setting {e.args[0]} (not written by drwkv-infer?)") from None
-    if labels[0] is not None:  # image i has class i mod len(classes): rotate so that image `first` gets labels[0]
-        n = len(labels)
-        labels = [labels[(j - first) % n] for j in range(n)]
-        period = next(p for p in range(1, n + 1) if n % p == 0 and labels == labels[:p] * (n // p))
-        args += ["--class", ",".join(labels[:period])]  # the shortest list that cycles to the same labels
-    return args + ["--num-images", str(count), "--first-image", str(first)] + out
 
 
 def info(path):

@@ -358,7 +358,7 @@ def test_drwkv_infer_writes_rgb_pngs_of_a_latent_model_without_torch(exported, t
     assert "4 VAE tiles decoded" in result.stderr.splitlines()[-1]      # 8x8 latents: tiles at 0 and 3, each way
     image = Image.open(out)
     assert image.mode == "RGB" and image.size == (2 * PIXELS + 6, PIXELS + 4)
-    from drwkv.cli import regenerate_command   # the tiles are part of the settings that remake the image
+    from drwkv.settings import regenerate_command   # the tiles are part of the settings that remake the image
     assert (image.text["drwkv.vae_tile"], image.text["drwkv.clip_x0"]) == ("5", "False")
     command = regenerate_command(image.text)
     assert command[command.index("--vae-tile") + 1] == "5" and command[command.index("--vae-tile-overlap") + 1] == "2"

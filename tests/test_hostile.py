@@ -444,7 +444,7 @@ def test_info_refuses_tampered_settings_in_one_line(tmp_path, changes, expected)
 def test_info_gives_the_shortest_class_cycle(toy, tmp_path):
     assert main(["--onnx", toy, "--steps", "2", "--num-images", "8", "--class", "cat,dog", "--first-image", "3",
                  "--out", str(tmp_path / "g.png")]) == 0
-    from drwkv.cli import regenerate_command
+    from drwkv.settings import regenerate_command
     from drwkv.png import read_text
 
     command = regenerate_command(read_text(tmp_path / "g.png"))
