@@ -115,8 +115,10 @@ def one_node_model(B, T, C):
     """The exported graphs' BiWKV node alone: inputs w, u [C], k, v [B, T, C], output y like k."""
     from onnx import TensorProto, helper
 
+    from drwkv.runtime.onnx import BIWKV_DOMAIN, BIWKV_OP, PLUGIN_VERSION
+
     f32 = TensorProto.FLOAT
-    node = helper.make_node("BiWKV", ["w", "u", "k", "v"], ["y"], domain="drwkv", plugin_version="1")
+    node = helper.make_node(BIWKV_OP, ["w", "u", "k", "v"], ["y"], domain=BIWKV_DOMAIN, plugin_version=PLUGIN_VERSION)
     graph = helper.make_graph(
         [node], "bi_wkv",
         [helper.make_tensor_value_info("w", f32, [C]), helper.make_tensor_value_info("u", f32, [C]),

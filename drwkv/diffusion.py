@@ -6,14 +6,13 @@
   between log(beta_t) and log(posterior variance) (learned-range variance);
 - loss = MSE(eps) + the variational bound term, whose mean is computed from a stop-gradient eps
   so that the bound trains only the variance;
-- respacing keeps a subset of timesteps (for fast sampling) with recomputed betas; the model is
-  still called with the original timestep indices;
-- DDPM (ancestral) and DDIM samplers in PyTorch, used for training previews and evaluation.
+- respacing keeps a subset of timesteps with recomputed betas; the model is still called with the
+  original timestep indices.
+
+Sampling (training previews, evaluation, every runtime) is drwkv.samplers' alone, in numpy.
 
     diffusion = GaussianDiffusion()                         # 1000 steps, for training
     losses = diffusion.training_losses(model, x0, t, y)     # dict with "loss", "mse", "vb"
-    sampler = diffusion.respace("ddim50")                   # 50 steps for sampling
-    x = sampler.ddim_sample(model_fn, shape, generator=g)   # model_fn(x, t) -> model output
 """
 import math
 
@@ -22,7 +21,7 @@ import torch
 
 from drwkv.schedule import Schedule, linear_betas, respaced_timesteps
 
-__all__ = ["GaussianDiffusion", "diffusion_from_config", "guided_model_fn", "linear_betas", "space_timesteps"]
+__all__ = ["GaussianDiffusion", "diffusion_from_config", "linear_betas", "space_timesteps"]
 
 
 def space_timesteps(num_timesteps, spec):
@@ -154,56 +153,8 @@ class GaussianDiffusion:
         nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var).mean(dim=(1, 2, 3)) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    # ----- sampling; model_fn(x, model_timesteps) -> model output
-    @torch.no_grad()
-    def ddpm_sample(self, model_fn, shape, generator=None, device="cpu", progress=None):
-        x = torch.randn(shape, generator=generator, device=device)
-        for i in self._steps(progress):
-            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-            mean, log_var, _, _ = self.p_mean_variance(model_fn(x, self.model_timesteps(t)), x, t)
-            noise = torch.randn(shape, generator=generator, device=device)
-            x = mean + (torch.exp(0.5 * log_var) * noise if i > 0 else 0)
-        return x
-
-    @torch.no_grad()
-    def ddim_sample(self, model_fn, shape, eta=0.0, generator=None, device="cpu", progress=None):
-        x = torch.randn(shape, generator=generator, device=device)
-        for i in self._steps(progress):
-            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-            _, _, pred_x0, _ = self.p_mean_variance(model_fn(x, self.model_timesteps(t)), x, t)
-            # Recompute eps from the clipped x0 so the update stays consistent with the clip.
-            eps = ((_gather(self.sqrt_recip_alphas_cumprod, t, x.ndim) * x - pred_x0)
-                   / _gather(self.sqrt_recipm1_alphas_cumprod, t, x.ndim))
-            a_prev = _gather(self.alphas_cumprod_prev, t, x.ndim)
-            a = _gather(self.alphas_cumprod, t, x.ndim)
-            sigma = eta * torch.sqrt((1 - a_prev) / (1 - a)) * torch.sqrt(1 - a / a_prev)
-            x = pred_x0 * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev - sigma ** 2) * eps
-            if eta > 0 and i > 0:
-                x = x + sigma * torch.randn(shape, generator=generator, device=device)
-        return x
-
-    def _steps(self, progress):
-        steps = range(self.num_timesteps - 1, -1, -1)
-        return progress(steps) if progress is not None else steps
-
 
 def diffusion_from_config(config):
-    """The GaussianDiffusion described by a checkpoint config ("diffusion" and "learn_sigma")."""
-    d = config.get("diffusion", {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000})
-    if d["schedule"] != "linear":
-        raise ValueError(f"unsupported beta schedule {d['schedule']!r} (only 'linear')")
-    betas = linear_betas(d["num_timesteps"], d["beta_start"], d["beta_end"])
-    return GaussianDiffusion(betas, learn_sigma=bool(config["learn_sigma"]))
-
-
-def guided_model_fn(model, y, cfg_scale, num_classes):
-    """model_fn for the samplers: class-conditional on y [B], with classifier-free guidance when
-    cfg_scale != 1 (one batched call on [x; x] with labels [y; null])."""
-    if cfg_scale == 1.0:
-        return lambda x, t: model(x, t, y)
-    null = torch.full_like(y, num_classes)
-
-    def fn(x, t):
-        out = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cfg_scale)
-        return out[: len(x)]
-    return fn
+    """The GaussianDiffusion described by a checkpoint config ("diffusion", see Schedule.from_config,
+    and "learn_sigma")."""
+    return GaussianDiffusion(Schedule.from_config(config).betas, learn_sigma=bool(config["learn_sigma"]))

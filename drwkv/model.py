@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from drwkv.ops import bi_wkv
+from drwkv.runtime.base import CONFIG_KEYS  # the keys every model config has
 
 # ---------------------------------------------------------------------------------------------
 # Configurations. family, depth, width (and heads for DiT), patch size.
@@ -63,8 +64,6 @@ _add("DiT", "S", 12, 384, heads=6, patches=(2, 4, 8))
 _add("DiT", "B", 12, 768, heads=12, patches=(2, 4, 8))
 _add("DiT", "L", 24, 1024, heads=16, patches=(2, 4, 8))
 _add("DiT", "XL", 28, 1152, heads=16, patches=(2, 4, 8))
-
-CONFIG_KEYS = ("model", "image_size", "in_channels", "num_classes", "learn_sigma")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,16 +196,6 @@ class Denoiser(nn.Module):
             # inputs x, t, y: TensorRT removes network inputs that no layer reads.
             out = out + 0 * y.to(out.dtype)[:, None, None, None]
         return out
-
-    def forward_with_cfg(self, x, t, y, cfg_scale):
-        """Classifier-free guidance as in DiT: the batch is [conditional; unconditional] halves
-        with identical x (only the first half of x is used); the guided eps is returned for both."""
-        half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half], dim=0), t, y)
-        eps, rest = out[:, : self.in_channels], out[:, self.in_channels:]
-        cond, uncond = torch.split(eps, len(eps) // 2, dim=0)
-        guided = uncond + cfg_scale * (cond - uncond)
-        return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------

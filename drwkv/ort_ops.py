@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from drwkv import _C
+from drwkv.runtime.onnx import PLUGIN_VERSION
 
 DOMAIN = "ai.onnx.contrib"
 OP_TYPE = "BiWKV"
@@ -54,7 +55,7 @@ def _torch_hidden():
             del sys.modules["torch"]
 
 
-def _bi_wkv(w, u, k, v, plugin_version="1"):
+def _bi_wkv(w, u, k, v, plugin_version=PLUGIN_VERSION):
     return _C.bi_wkv_forward_numpy(w, u, k, v)
 
 

@@ -47,10 +47,9 @@ from drwkv import known_warnings
 from drwkv.files import atomic_write, check_writable
 from drwkv.runtime.base import decoder_path
 from drwkv.runtime.onnx import (BIWKV_DOMAIN, BIWKV_OP, CONFIG_KEY, DECODER_FILE_KEY, DECODER_FORMAT, FORMAT,
-                                FORMAT_KEY, VAE_SHA256_KEY)
+                                FORMAT_KEY, PLUGIN_VERSION, VAE_SHA256_KEY)
 
 OPSET = 18
-PLUGIN_VERSION = "1"
 
 
 def _register_bi_wkv_schema():

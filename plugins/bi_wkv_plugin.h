@@ -1,5 +1,5 @@
 // The BiWKV TensorRT plugin (IPluginV3): y = bi_wkv(w, u, k, v), the bidirectional WKV operator of
-// DESIGN.md, computed by the same CUDA kernel as the PyTorch op (drwkv::bi_wkv_forward_cuda).
+// README.md ("The operator"), computed by the same CUDA kernel as the PyTorch op (drwkv::bi_wkv_forward_cuda).
 //
 // Inputs:  0 w [C] float32, 1 u [C] float32, 2 k [B, T, C], 3 v [B, T, C] (float32 or float16).
 // Output:  0 y [B, T, C], shape and type of k. All tensors linear (contiguous).

@@ -25,6 +25,7 @@ import numpy as np
 from drwkv.files import UnsafePathError, file_in_folder
 from drwkv.runtime.base import ArtifactError, Decoder, Denoiser, parse_config
 from drwkv.runtime.ort_env import session_options
+from drwkv.runtime import ort_fusion
 from drwkv.runtime.ort_fusion import value_info
 
 CONFIG_KEY = "drwkv.config"
@@ -35,8 +36,10 @@ DECODER_FORMAT = "drwkv-onnx-vae-decoder"
 DECODER_FILE_KEY = "drwkv.vae_decoder"     # denoiser: the decoder's file name, next to it
 VAE_SHA256_KEY = "drwkv.vae_sha256"        # both: sha256 of the VAE weights the decoder comes from
 DECODER_KEYS = ("drwkv.vae_downsample", "drwkv.vae_channels", "drwkv.vae_image_channels")
-BIWKV_DOMAIN = "drwkv"
+BIWKV_DOMAIN = ort_fusion.BIWKV_DOMAIN
 BIWKV_OP = "BiWKV"
+#: The node's plugin_version attribute: the TensorRT plugin version that implements it.
+PLUGIN_VERSION = "1"
 FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 

@@ -11,8 +11,8 @@ ModelProto in place and counts what it replaced:
 - ``ReluSquare``: relu(k)^2 (Relu, then Mul by itself or Pow 2);
 - ``GatedResidual``: x + gate * branch, with the ChannelMix's sigmoid(r) * branch folded in.
 
-Fused nodes take the domain ``drwkv.cpu`` (plain drwkv::BiWKV nodes move there too); the executor,
-drwkv.runtime.ort_split, runs them between ONNX Runtime sessions of the remaining standard ops. A
+Fused nodes take the BiWKV node's own domain, ``drwkv``: every node there is drwkv's to run. The
+executor, drwkv.runtime.ort_split, runs them between ONNX Runtime sessions of the remaining standard ops. A
 pattern is replaced only when its constants are those of the model's definition (drwkv.model's
 q_shift, token_mix, ChannelMix), its values are float32, and nothing outside it reads a value it
 removes; anything else stays as it is and runs in ONNX Runtime: correct, only slower.
@@ -21,8 +21,7 @@ import collections
 
 import numpy as np
 
-NATIVE_DOMAIN = "drwkv.cpu"
-BIWKV_DOMAIN = "drwkv"
+BIWKV_DOMAIN = "drwkv"  # the exported BiWKV node's; the fused nodes join it in memory
 FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
@@ -375,7 +374,7 @@ def fuse(model, value_info):
     def make_node(op_type, inputs, outputs, **attrs):
         names[op_type] += 1
         return helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{names[op_type]}",
-                                domain=NATIVE_DOMAIN, **attrs)
+                                domain=BIWKV_DOMAIN, **attrs)
 
     fused = []
     for step in (_fuse_bi_wkv, _fuse_shift_mix, _fuse_relu_square, _fuse_gated_residual):
@@ -385,9 +384,9 @@ def fuse(model, value_info):
                          set(g.constants))
     del g.graph.node[:]
     g.graph.node.extend(nodes)
-    imports = [o for o in model.opset_import if o.domain not in (BIWKV_DOMAIN, NATIVE_DOMAIN)]
+    imports = [o for o in model.opset_import if o.domain != BIWKV_DOMAIN]
     del model.opset_import[:]
-    model.opset_import.extend(imports + [helper.make_opsetid(NATIVE_DOMAIN, 1)])
+    model.opset_import.extend(imports + [helper.make_opsetid(BIWKV_DOMAIN, 1)])
     counts = collections.Counter(node.op_type for node, _ in fused)
     if any(node.op_type == "BiWKV" and len(node.input) == 5 for node, _ in fused):
         counts["BiWKV gated"] = sum(node.op_type == "BiWKV" and len(node.input) == 5 for node, _ in fused)

@@ -46,8 +46,7 @@ from drwkv import _C  # noqa: E402  (after the wait policy)
 from drwkv.runtime import ort_fusion  # noqa: E402
 from drwkv.runtime.ort_env import session_options  # noqa: E402
 
-BIWKV_DOMAIN = ort_fusion.BIWKV_DOMAIN
-NATIVE_DOMAIN = ort_fusion.NATIVE_DOMAIN
+BIWKV_DOMAIN = ort_fusion.BIWKV_DOMAIN  # the BiWKV nodes and the fused passes: drwkv runs them
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -233,7 +232,7 @@ class SplitSession:
         # Cut the node list at every native node.
         groups, current = [], []
         for node in graph.node:
-            if node.domain == NATIVE_DOMAIN:
+            if node.domain == BIWKV_DOMAIN:
                 if current:
                     groups.append(current)
                 groups.append(node)
@@ -266,7 +265,7 @@ class SplitSession:
                                         [_declare(name, info) for name in outputs],
                                         [constants[name] for name in inits])
                 sub_model = helper.make_model(sub, opset_imports=[o for o in model.opset_import
-                                                                   if o.domain not in (BIWKV_DOMAIN, NATIVE_DOMAIN)],
+                                                                   if o.domain != BIWKV_DOMAIN],
                                               ir_version=model.ir_version)
                 if profile:  # one profile file per segment
                     options.enable_profiling = True
@@ -348,10 +347,5 @@ def _declare(name, info):
 
 
 def _natives_only(model):
-    """Move the BiWKV nodes into the native domain, nothing else; -> {"BiWKV": count}."""
-    count = 0
-    for node in model.graph.node:
-        if node.domain == BIWKV_DOMAIN and node.op_type == "BiWKV":
-            node.domain = NATIVE_DOMAIN
-            count += 1
-    return {"BiWKV": count}
+    """No fusion: the BiWKV nodes alone run natively; -> {"BiWKV": count}."""
+    return {"BiWKV": sum(node.domain == BIWKV_DOMAIN and node.op_type == "BiWKV" for node in model.graph.node)}

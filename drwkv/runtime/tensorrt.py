@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from drwkv.runtime.base import ArtifactError, Decoder, Denoiser, parse_config
+from drwkv.runtime.onnx import BIWKV_OP, PLUGIN_VERSION
 
 try:
     import tensorrt as trt
@@ -40,7 +41,7 @@ except ImportError:
         raise ImportError(f"cuda-python not importable ({e}); pip install cuda-python") from None
 
 PLUGIN_LIBRARY = "libdrwkv_trt_plugin.so"
-PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE = "BiWKV", "1", ""
+PLUGIN_NAME, PLUGIN_NAMESPACE = BIWKV_OP, ""  # the ONNX parser maps the node to the plugin by op_type
 SIDECAR_FORMAT = "drwkv-tensorrt-engine"
 DECODER_SIDECAR_FORMAT = "drwkv-tensorrt-vae-decoder"
 IO_TENSORS = ("x", "t", "y", "out")
