@@ -167,7 +167,8 @@ def run(args):
         written = f"{len(images)} PNGs in {args.out}"
 
     sample_s, total_steps = run_stats["sample_s"], run_stats["batches"] * run_stats["steps"]
-    decoded = (f"; {run_stats['tiles']} VAE tiles decoded in {run_stats['decode_s']:.2f} s ({pipe.decoder.name})"
+    tiles = run_stats["tiles"]
+    decoded = (f"; {tiles} VAE tile{'s' * (tiles != 1)} decoded in {run_stats['decode_s']:.2f} s ({pipe.decoder.name})"
                if pipe.decoder is not None else "")
     print(f"{PROG}: {denoiser.name} ({config['model']}), {args.sampler} {run_stats['steps']} steps, cfg {args.cfg_scale}: "
           f"{len(images)} images in {sample_s:.2f} s = {1000 * sample_s / total_steps:.1f} ms/step "

@@ -45,7 +45,7 @@ import sys
 
 from drwkv import known_warnings
 from drwkv.files import atomic_write, check_writable
-from drwkv.runtime.base import decoder_path
+from drwkv.runtime.base import decoder_path, describe_size
 from drwkv.runtime.onnx import (BIWKV_DOMAIN, BIWKV_OP, CONFIG_KEY, DECODER_FILE_KEY, DECODER_FORMAT, FORMAT,
                                 FORMAT_KEY, PLUGIN_VERSION, VAE_SHA256_KEY)
 
@@ -400,7 +400,7 @@ def main(argv=None):
     meta = _metadata(proto)
     config = json.loads(meta[CONFIG_KEY])
     kind = "portable" if args.portable else f"{sum(n.domain == BIWKV_DOMAIN for n in proto.graph.node)} BiWKV nodes"
-    print(f"wrote {args.output}: {config['model']} {config['image_size']}px, {args.dtype}, {kind}, "
+    print(f"wrote {args.output}: {config['model']} {describe_size(config)}, {args.dtype}, {kind}, "
           f"{len(proto.graph.node)} nodes, {os.path.getsize(args.output) / 2**20:.1f} MiB", file=sys.stderr)
     decoder = decoder_path(args.output)
     if DECODER_FILE_KEY in meta:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from drwkv import known_warnings
 from drwkv.files import write_bytes_atomically
-from drwkv.runtime.base import AUTO_TILE, decoder_path
+from drwkv.runtime.base import AUTO_TILE, decoder_path, describe_size
 
 
 class BuildError(RuntimeError):
@@ -264,7 +264,7 @@ def main(argv=None):
     except (ArtifactError, BuildError, FileNotFoundError, ImportError, RuntimeError, ValueError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     config, profile = sidecar["config"], sidecar["profile"]
-    print(f"wrote {args.output}: {config['model']} {config['image_size']}px, {sidecar['precision']}, "
+    print(f"wrote {args.output}: {config['model']} {describe_size(config)}, {sidecar['precision']}, "
           f"batch {profile['min_batch']}..{profile['max_batch']}, TensorRT {sidecar['tensorrt_version']} on "
           f"{sidecar['gpu']} (sm {sidecar['compute_capability']})", file=sys.stderr)
     if with_decoder:

@@ -29,6 +29,13 @@ class ArtifactError(ValueError):
     """A model file that is missing, unreadable, or not a drwkv denoiser; the message is one line."""
 
 
+def describe_size(config):
+    """A model's size in words: "32px" for a pixel model, "8x8 latents (32px images)" for a latent one."""
+    size = config["image_size"]
+    latent = config.get("latent")
+    return f"{size}x{size} latents ({latent['image_size']}px images)" if latent else f"{size}px"
+
+
 def parse_config(text, source):
     """The model config from its JSON text (ONNX metadata, engine sidecar); ArtifactError if unusable."""
     try:
@@ -102,7 +109,7 @@ class Denoiser:
         raise NotImplementedError
 
     def __repr__(self):
-        return f"<{type(self).__name__} {self.name} {self.config.get('model')} {self.image_size}px>"
+        return f"<{type(self).__name__} {self.name} {self.config.get('model')} {describe_size(self.config)}>"
 
 
 #: Tiles of this many latent pixels (and a quarter of that overlap) are used when no tile size is
