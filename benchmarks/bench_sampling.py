@@ -25,8 +25,8 @@ numpy out):
                            load_denoiser(onnx=..., fuse=False): the whole graph in one ONNX Runtime
                            session; every BiWKV node goes through onnxruntime-extensions' Python op
                            bridge, which takes the GIL and copies its inputs and output once.
-  ORT portable             the --portable export (standard ops only, Bi-WKV as a T x T
-                           computation: quadratic in tokens), in one ONNX Runtime session.
+  ORT portable             the --portable export (standard ops only, the Bi-WKV linear in tokens:
+                           export.portable), loaded as the native path is (no BiWKV nodes in it).
 
 Table 1 (--skip-sampling leaves it out): DDIM sampling with the checkpoint itself (default batch
 16, 20 steps, no guidance). Columns: tokens of the model, ms per sampler step, images/s, the
@@ -37,9 +37,8 @@ Table 2: ms per denoiser call, for each --tokens (square numbers) and --batch-si
 above 4096 at batch 1 only), on a model of the checkpoint's architecture at image size
 sqrt(tokens) * patch with random weights (the checkpoint's, perturbed by 0.02 N(0, 1) so that no
 block is the identity). Columns: tokens, batch, backend, ms per call, the speed-up over PyTorch
-eager, and the max relative error against PyTorch as in table 1. The portable graph is timed up to
-1024 tokens only (its cost grows with tokens^2). The random checkpoints and all ONNX exports are
-cached in --work-dir, keyed by architecture and size.
+eager, and the max relative error against PyTorch as in table 1. The random checkpoints and all ONNX
+exports are cached in --work-dir, keyed by architecture and size.
 
 In both tables the backends of a row are timed interleaved, each called once in turn per repeat
 (--repeats), after one warm-up call each; each one's best time is reported. The machine's speed
@@ -100,7 +99,6 @@ from drwkv.schedule import Schedule  # noqa: E402
 from export.to_onnx import export_onnx  # noqa: E402
 
 TOLERANCE = 1e-5
-PORTABLE_MAX_TOKENS = 1024   # the portable graph's Bi-WKV is quadratic in tokens
 BATCH_1_ONLY_ABOVE = 4096    # token counts above this run at batch 1 only
 TOP_OPS = 15
 ELEMENTWISE = ("Mul", "Add", "Sub", "Div", "Pow", "Relu", "Sigmoid", "Slice", "Pad", "Concat", "Cast", "Where",
@@ -143,15 +141,13 @@ def random_checkpoint(ckpt, tokens, work_dir):
     return path, config
 
 
-def backends(ckpt, work_dir, threads, portable=True):
+def backends(ckpt, work_dir, threads):
     """[(name, denoiser)] in table order; PyTorch eager first (the reference)."""
     onnx_path = exported(ckpt, work_dir, False)
-    found = [(TORCH, load_denoiser(ckpt=ckpt, threads=threads)),
-             (NATIVE, load_denoiser(onnx=onnx_path, intra_op_threads=threads)),
-             (ONE_SESSION, load_denoiser(onnx=onnx_path, intra_op_threads=threads, fuse=False))]
-    if portable:
-        found.append((PORTABLE, load_denoiser(onnx=exported(ckpt, work_dir, True), intra_op_threads=threads)))
-    return found
+    return [(TORCH, load_denoiser(ckpt=ckpt, threads=threads)),
+            (NATIVE, load_denoiser(onnx=onnx_path, intra_op_threads=threads)),
+            (ONE_SESSION, load_denoiser(onnx=onnx_path, intra_op_threads=threads, fuse=False)),
+            (PORTABLE, load_denoiser(onnx=exported(ckpt, work_dir, True), intra_op_threads=threads))]
 
 
 def inputs(config, batch, seed=0):
@@ -231,7 +227,7 @@ def call_table(ckpt, args, failures):
                             f"{args.repeats} interleaved repeats, best of each\n\n"
                             "| tokens | batch | backend | ms/call | speed-up vs PyTorch eager | max rel err vs PyTorch |\n"
                             "|---:|---:|---|---:|---:|---:|")
-        found = backends(path, args.work_dir, args.threads, portable=tokens <= PORTABLE_MAX_TOKENS)
+        found = backends(path, args.work_dir, args.threads)
         for batch in args.batch_sizes:
             if tokens > BATCH_1_ONLY_ABOVE and batch != 1:
                 continue

@@ -71,6 +71,14 @@ def forward_error(y, w, u, k, v):
     return float((np.abs(y.astype(np.float64) - ref) / scale).max())
 
 
+def plain_session(path):
+    """An ONNX Runtime session of ``path`` with no custom op registered. It runs on the process's
+    shared thread pool, as every session must once drwkv's sessions have made it."""
+    from drwkv.runtime.ort_env import session_options
+
+    return ort.InferenceSession(str(path), session_options(threads=2), providers=["CPUExecutionProvider"])
+
+
 class BiWKV(torch.nn.Module):
     def forward(self, w, u, k, v):
         from drwkv.ops import bi_wkv
@@ -94,9 +102,7 @@ def op_session(tmp_path_factory):
     model = program.model_proto
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return model, ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return model, plain_session(path)
 
 
 def run_op(op_session, w, u, k, v):
@@ -227,9 +233,7 @@ def test_portable_model_in_onnx_runtime_matches_pytorch(portable_model):
     model = onnx.load(path)
     assert {n.domain for n in model.graph.node} == {""}
     assert {n.op_type for n in model.graph.node} <= TENSORRT_OPS
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # no custom ops
+    session = plain_session(path)
     assert np.abs(ref).max() > 0.1
     assert max_relative_error(session.run(["out"], {"x": x, "t": t, "y": y})[0], ref) < 1e-4
 
