@@ -2,15 +2,20 @@
 # Cross-builds the native code for 64-bit ARM (aarch64) and runs its C++ tests under emulation: the
 # CPU kernels (Bi-WKV, the fused passes), the C++ runtime (samplers, noise, tiling, PNG) and their
 # ctest programs, built by g++-aarch64-linux-gnu with cmake/aarch64-linux-gnu.cmake (no CUDA, no
-# Python module) and run by ctest under qemu-aarch64. Installs the cross compiler and qemu-user with
-# apt-get when they are missing. Exits non-zero when a step or a test fails.
+# Python module) and run by ctest under qemu-aarch64. Installs the cross compiler and qemu-user (and
+# CMake, file) with apt-get when they are missing. Exits non-zero when a step or a test fails.
 # Usage: bash scripts/build_aarch64.sh      (builds in build/aarch64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build/aarch64
 step() { echo "build_aarch64: $*"; }
 
+# CMake from PATH, else scripts/setup.sh's virtual environment, else Debian's.
+if ! command -v cmake > /dev/null && [ -x .venv/bin/cmake ]; then
+  PATH="$PWD/.venv/bin:$PATH"
+fi
 missing=()
+command -v cmake > /dev/null || missing+=(cmake)
 command -v aarch64-linux-gnu-g++ > /dev/null || missing+=(g++-aarch64-linux-gnu)
 command -v qemu-aarch64 > /dev/null || missing+=(qemu-user)
 command -v file > /dev/null || missing+=(file)
@@ -42,7 +47,8 @@ step "checking the binaries"
 file -b "$BUILD/cpp/tests/test_bi_wkv_cpu"
 # The runtime rounds every operation on its own (-ffp-contract=off), as on x86-64: aarch64 compilers
 # would otherwise fuse multiply-adds, and the noise and samplers would differ in their last bits.
-fused=$(aarch64-linux-gnu-objdump -d "$BUILD/cpp/runtime/libdrwkv_samplers.a" | grep -cE '\s(fn?madd|fn?msub|fml[as])\s' || true)
+fused=$(aarch64-linux-gnu-objdump -d "$BUILD/cpp/runtime/libdrwkv_samplers.a" |
+  grep -cE '\s(fn?madd|fn?msub|fml[as])\s' || true)
 if [ "$fused" != 0 ]; then
   echo "build_aarch64: libdrwkv_samplers.a has $fused fused multiply-add instructions" >&2
   exit 1

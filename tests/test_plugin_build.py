@@ -10,6 +10,7 @@ GPU and no TensorRT libraries are needed.
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,16 @@ TRT_HINTS = {k: os.environ[k] for k in ("TensorRT_INCLUDE_DIR", "TensorRT_ROOT")
 CPU_TESTS = ["test_sidecar_json", "test_tiling", "test_bi_wkv_cpu", "test_fused_cpu", "test_runtime_bits"]
 CPU_CTESTS = [name.removeprefix("test_") for name in CPU_TESTS]
 
-needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("make") is None,
+# The interpreter's own bin folder first: CMake from scripts/setup.sh's virtual environment.
+PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+needs_cmake = pytest.mark.skipif(shutil.which("cmake", path=PATH) is None or shutil.which("make", path=PATH) is None,
                                  reason="cmake and make needed")
 
 
-def _run(cmd, **kwargs):
-    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
+def _run(cmd, env=None, **kwargs):
+    env = {**(os.environ if env is None else env), "PATH": PATH}
+    result = subprocess.run([str(c) for c in cmd], check=False, capture_output=True, text=True, env=env, **kwargs)
     assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
