@@ -8,7 +8,6 @@
 #include <fstream>
 #include <stdexcept>
 
-#include "drwkv/tiling.h"
 #include "trt_util.h"
 
 namespace drwkv {
@@ -106,27 +105,18 @@ Decoder::Decoder(std::string const& plan_path, int device) : impl_(new Impl) {
 Decoder::~Decoder() = default;
 
 DecoderConfig const& Decoder::config() const { return impl_->config; }
+std::string const& Decoder::path() const { return impl_->path; }
 int Decoder::max_batch() const { return impl_->max_batch; }
 int Decoder::min_tile() const { return impl_->min_tile; }
 int Decoder::max_tile() const { return impl_->max_tile; }
 
-int64_t Decoder::decode(int64_t n, int64_t h, int64_t w, float const* latents, float* images, int tile, int overlap) {
-  Impl& m = *impl_;
-  if (tile == 0) tile = std::min(64, m.max_tile);
-  if (tile > m.max_tile)
-    throw std::invalid_argument(m.path + ": VAE tile " + std::to_string(tile) + " exceeds the decoder's largest tile " +
-                                std::to_string(m.max_tile));
-  if (overlap < 0) overlap = tile / 4;
-  DecoderConfig const& c = m.config;
-  int64_t const in_size = c.latent_channels * h * w, out_size = c.image_channels * h * w * c.downsample * c.downsample;
-  auto run = [&m](int64_t b, int64_t th, int64_t tw, float const* in, float* out) { m.run(b, th, tw, in, out); };
-  int64_t tiles = 0;
-  for (int64_t start = 0; start < n; start += m.max_batch) {
-    int64_t const b = std::min<int64_t>(m.max_batch, n - start);
-    tiles += decode_tiled(run, b, c.latent_channels, h, w, c.image_channels, c.downsample, tile, overlap,
-                          latents + start * in_size, images + start * out_size);
-  }
-  return tiles;
+void Decoder::decode_tile(int64_t n, int64_t h, int64_t w, float const* latents, float* images) {
+  impl_->run(n, h, w, latents, images);
+}
+
+PipelineDecoder Decoder::pipeline_decoder() {
+  auto decode = [this](int64_t n, int64_t h, int64_t w, float const* in, float* out) { decode_tile(n, h, w, in, out); };
+  return {impl_->path, decode, impl_->max_batch, impl_->max_tile};
 }
 
 std::unique_ptr<Decoder> load_decoder(std::string const& model_plan, ModelConfig const& model, std::string plan_path,

@@ -1,4 +1,4 @@
-// Engine: TensorRT runtime + device buffers for the profile's largest batch; generate: the loop.
+// Engine: TensorRT runtime + device buffers for the profile's largest batch.
 #include "drwkv/engine.h"
 
 #include <NvInferRuntime.h>
@@ -34,6 +34,9 @@ ModelConfig read_sidecar(std::string const& plan_path, int device) {
   json::Value const* guidance = c.find("guidance_channels");
   config.guidance_channels = guidance != nullptr && guidance->type == Type::kNumber ? int(guidance->number)
                                                                                     : config.in_channels;
+  if (json::Value const* names = c.find("class_names"); names != nullptr && names->type == Type::kArray)
+    for (json::Value const& name : names->array)
+      if (name.type == Type::kString) config.class_names.push_back(name.string);
   // The schedule as drwkv.schedule.Schedule.from_config reads it (DiT's defaults when absent).
   if (json::Value const* diffusion = c.find("diffusion"); diffusion != nullptr && diffusion->type == Type::kObject) {
     if (json::Value const* kind = diffusion->find("schedule"); kind != nullptr && kind->string != "linear")
@@ -140,16 +143,6 @@ void Engine::denoise(int64_t n, float const* x, float const* t, int64_t const* y
                "copy out");
     check_cuda(cudaStreamSynchronize(m.stream), "cudaStreamSynchronize");
   }
-}
-
-std::vector<float> generate(Engine& engine, Sampler& sampler, std::vector<int64_t> const& labels, float cfg_scale,
-                            uint64_t seed, uint64_t first_image) {
-  ModelConfig const& c = engine.config();
-  auto denoise = [&engine](int64_t n, float const* x, float const* t, int64_t const* y, float* out) {
-    engine.denoise(n, x, t, y, out);
-  };
-  return sample(denoise, {c.in_channels, c.image_size, c.out_channels(), c.num_classes, c.guidance_channels}, sampler,
-                labels, cfg_scale, seed, first_image);
 }
 
 }  // namespace drwkv

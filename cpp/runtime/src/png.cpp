@@ -1,6 +1,7 @@
 // PNG = signature + IHDR + IDAT (zlib stream of the filtered rows) + IEND, each chunk followed by
 // a CRC-32 of its type and data. Rows use filter 0 (none); the zlib stream holds stored blocks
-// (at most 65535 bytes each) and ends with the Adler-32 of the uncompressed data.
+// (at most 65535 bytes each) and ends with the Adler-32 of the uncompressed data. Text chunks go
+// between IHDR and IDAT, where Pillow writes them.
 #include "drwkv/png.h"
 
 #include <algorithm>
@@ -12,6 +13,8 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
+
+#include "utf8.h"
 
 namespace drwkv {
 namespace {
@@ -52,9 +55,25 @@ void put_chunk(std::vector<uint8_t>& out, char const (&type)[5], std::vector<uin
   put_u32(out, crc32(out.data() + start, out.size() - start));
 }
 
+// tEXt (keyword, NUL, Latin-1 text) when every character is Latin-1, else iTXt (keyword, NUL,
+// no compression, method 0, empty language and translated keyword, UTF-8 text): Pillow's choice.
+void put_text(std::vector<uint8_t>& out, std::string const& keyword, std::string const& text) {
+  std::vector<uint8_t> data(keyword.begin(), keyword.end());
+  std::vector<uint32_t> const chars = utf8::code_points(text);
+  if (std::all_of(chars.begin(), chars.end(), [](uint32_t c) { return c <= 0xFF; })) {
+    data.push_back(0);
+    data.insert(data.end(), chars.begin(), chars.end());  // each fits a byte
+    put_chunk(out, "tEXt", data);
+  } else {
+    data.insert(data.end(), {0, 0, 0, 0, 0});
+    data.insert(data.end(), text.begin(), text.end());
+    put_chunk(out, "iTXt", data);
+  }
+}
+
 }  // namespace
 
-std::vector<uint8_t> encode_png(int width, int height, int channels, uint8_t const* pixels) {
+std::vector<uint8_t> encode_png(int width, int height, int channels, uint8_t const* pixels, PngText const& text) {
   static uint8_t const kColorType[] = {0, 0, 4, 2, 6};  // by channel count: grey, grey+alpha, RGB, RGBA
   if (width < 1 || height < 1 || channels < 1 || channels > 4)
     throw std::invalid_argument("encode_png: need width, height >= 1 and 1 to 4 channels");
@@ -89,13 +108,15 @@ std::vector<uint8_t> encode_png(int width, int height, int channels, uint8_t con
 
   std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
   put_chunk(png, "IHDR", header);
+  for (auto const& [keyword, value] : text) put_text(png, keyword, value);
   put_chunk(png, "IDAT", zlib);
   put_chunk(png, "IEND", {});
   return png;
 }
 
-void write_png(std::string const& path, int width, int height, int channels, uint8_t const* pixels) {
-  std::vector<uint8_t> const png = encode_png(width, height, channels, pixels);
+void write_png(std::string const& path, int width, int height, int channels, uint8_t const* pixels,
+               PngText const& text) {
+  std::vector<uint8_t> const png = encode_png(width, height, channels, pixels, text);
   // Through a temp file and a rename, as every write of the project: an existing file stays whole
   // until the new one is complete.
   std::string const tmp = path + ".tmp" + std::to_string(::getpid());
@@ -123,6 +144,21 @@ std::vector<uint8_t> image_to_uint8(float const* chw, int channels, int height, 
       hwc[p * size_t(channels) + size_t(c)] = uint8_t(v > 255.0f ? 255.0f : v > 0.0f ? v : 0.0f);  // NaN -> 0
     }
   return hwc;
+}
+
+Images make_grid(Images const& images, int64_t nrow, int64_t padding) {
+  if (nrow < 0) throw std::invalid_argument("make_grid: nrow must be 0 (about square) or more");
+  if (nrow == 0) nrow = int64_t(std::ceil(std::sqrt(double(images.count))));
+  int64_t const H = images.height, W = images.width, C = images.channels;
+  int64_t const rows = (images.count + nrow - 1) / nrow;
+  Images grid{1, rows * (H + padding) + padding, nrow * (W + padding) + padding, C, {}};
+  grid.pixels.assign(size_t(grid.height * grid.width * C), 0);
+  for (int64_t i = 0; i < images.count; ++i) {
+    int64_t const top = padding + (i / nrow) * (H + padding), left = padding + (i % nrow) * (W + padding);
+    for (int64_t y = 0; y < H; ++y)
+      std::copy_n(images.image(i) + y * W * C, W * C, grid.pixels.data() + ((top + y) * grid.width + left) * C);
+  }
+  return grid;
 }
 
 }  // namespace drwkv

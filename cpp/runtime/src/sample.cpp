@@ -2,6 +2,7 @@
 #include "drwkv/sample.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -10,14 +11,15 @@
 namespace drwkv {
 
 std::vector<float> sample(Denoise const& denoise, DenoiserShape const& model, Sampler& sampler,
-                          std::vector<int64_t> const& labels, float cfg_scale, uint64_t seed, uint64_t first_image) {
+                          std::vector<int64_t> const& labels, double cfg_scale, uint64_t seed, uint64_t first_image,
+                          std::function<void()> const& after_step) {
   if (model.channels < 1 || model.image_size < 1 ||
       (model.out_channels != model.channels && model.out_channels != 2 * model.channels))
     throw std::invalid_argument("sample: a model needs channels >= 1, image_size >= 1 and out_channels C or 2C");
   ImageShape const shape{int64_t(labels.size()), model.channels, model.image_size, model.image_size};
   int64_t const B = shape.batch, out_channels = model.out_channels;
   size_t const image = size_t(shape.channels * shape.plane());
-  bool const guided = cfg_scale != 1.0f;
+  bool const guided = cfg_scale != 1.0;
   if (guided && model.num_classes == 0)
     throw std::invalid_argument("an unconditional model (num_classes 0) takes no guidance; use cfg_scale 1");
 
@@ -44,10 +46,17 @@ std::vector<float> sample(Denoise const& denoise, DenoiserShape const& model, Sa
       std::copy(x.begin(), x.end(), model_in.begin() + long(x.size()));
     }
     denoise(int64_t(y.size()), guided ? model_in.data() : x.data(), t.data(), y.data(), raw.data());
-    if (guided) guided_output(shape, raw.data(), out_channels, cfg_scale, guidance_channels, out.data());
+    if (guided) guided_output(shape, raw.data(), out_channels, float(cfg_scale), guidance_channels, out.data());
     if (sampler.stochastic()) draw(uint32_t(i + 1), noise);
     sampler.step(i, shape, x.data(), guided ? out.data() : raw.data(), out_channels,
                  sampler.stochastic() ? noise.data() : nullptr, x.data());
+    // A NaN never recovers: stop instead of writing black images.
+    if (!std::all_of(x.begin(), x.end(), [](float v) { return std::isfinite(v); }))
+      throw std::runtime_error("sampling gave non-finite values (NaN or Inf) at step " + std::to_string(i + 1) + " of " +
+                               std::to_string(sampler.steps()) + " (images " + std::to_string(first_image) + ".." +
+                               std::to_string(first_image + uint64_t(B) - 1) +
+                               "): the model's weights or the settings are broken");
+    if (after_step) after_step();
   }
   return x;
 }

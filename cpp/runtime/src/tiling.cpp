@@ -6,6 +6,13 @@
 
 namespace drwkv {
 
+void check_tile(int64_t tile, int64_t overlap) {
+  if (tile < 1) throw std::invalid_argument("the VAE tile must be at least 1 latent pixel, got " + std::to_string(tile));
+  if (overlap < 0 || overlap >= tile)
+    throw std::invalid_argument("the VAE tile overlap must be in 0.." + std::to_string(tile - 1) + " (below the tile " +
+                                std::to_string(tile) + "), got " + std::to_string(overlap));
+}
+
 std::vector<int64_t> tile_starts(int64_t length, int64_t tile, int64_t overlap) {
   if (length <= tile) return {0};
   std::vector<int64_t> starts;
@@ -40,10 +47,7 @@ std::vector<std::vector<float>> axis_weights(std::vector<int64_t> const& starts,
 int64_t decode_tiled(TileDecoder const& decode, int64_t batch, int64_t latent_channels, int64_t h, int64_t w,
                      int64_t image_channels, int64_t downsample, int64_t tile, int64_t overlap, float const* latents,
                      float* images) {
-  if (tile < 1) throw std::invalid_argument("the VAE tile must be at least 1 latent pixel, got " + std::to_string(tile));
-  if (overlap < 0 || overlap >= tile)
-    throw std::invalid_argument("the VAE tile overlap must be in 0.." + std::to_string(tile - 1) + " (below the tile " +
-                                std::to_string(tile) + "), got " + std::to_string(overlap));
+  check_tile(tile, overlap);
   int64_t const f = downsample, th = std::min(tile, h), tw = std::min(tile, w);
   std::vector<int64_t> const rows = tile_starts(h, tile, overlap), cols = tile_starts(w, tile, overlap);
   std::vector<std::vector<float>> const row_weights = axis_weights(rows, th, f), col_weights = axis_weights(cols, tw, f);

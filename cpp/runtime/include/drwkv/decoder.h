@@ -1,6 +1,6 @@
 // Runs a latent model's VAE decoder engine (model.vae_decoder.plan and its sidecar, both written
 // by python -m export.to_trt) beside drwkv::Engine: latents in the denoiser's space to images in
-// [-1, 1], in tiles (drwkv/tiling.h) no larger than the engine's profile. TensorRT stays out of
+// [-1, 1], one tile batch at a time, no larger than the engine's profile. TensorRT stays out of
 // this header.
 #pragma once
 
@@ -30,14 +30,18 @@ class Decoder {
   Decoder& operator=(Decoder const&) = delete;
 
   DecoderConfig const& config() const;
+  std::string const& path() const;
   int max_batch() const;  // the engine's optimization profile: batch and tile side (latent pixels)
   int min_tile() const;
   int max_tile() const;
 
-  // images [n, C, h*f, w*f] from latents [n, c, h, w], host memory, in tiles of `tile` latent pixels
-  // (0: the largest the profile takes, at most 64) overlapping by `overlap` (-1: a quarter of the
-  // tile); batches above max_batch() run in chunks. Returns the number of tiles decoded.
-  int64_t decode(int64_t n, int64_t h, int64_t w, float const* latents, float* images, int tile = 0, int overlap = -1);
+  // One tile batch: images [n, C, h*f, w*f] from latents [n, c, h, w], host memory, n up to
+  // max_batch() and h, w within the profile (std::runtime_error otherwise). drwkv::Pipeline runs
+  // it in tiles (drwkv/tiling.h).
+  void decode_tile(int64_t n, int64_t h, int64_t w, float const* latents, float* images);
+
+  // This decoder as drwkv::Pipeline takes it (it must outlive the pipeline).
+  PipelineDecoder pipeline_decoder();
 
  private:
   struct Impl;

@@ -8,6 +8,7 @@
 //     for i in 0 .. steps-1:
 //         out = model(x, timestep(i), y), guided when cfg_scale != 1         (one call on [x; x], [y; null])
 //         x = sampler.step(i, x, out, noise(seed, images, step i + 1))       (noise for stochastic samplers)
+//         stop (std::runtime_error) at the first step that gives a NaN or Inf, in drwkv.samplers' words
 #pragma once
 
 #include <cstdint>
@@ -31,9 +32,12 @@ struct DenoiserShape {
 };
 
 // Images number first_image .. first_image + B - 1 of a run with `seed`, B = labels.size():
-// x_0, float [B, C, H, W] about [-1, 1]. std::invalid_argument for guidance on an unconditional
-// model or a bad shape; whatever `denoise` throws passes through.
+// x_0, float [B, C, H, W] about [-1, 1]. Guidance when cfg_scale != 1 (combined in float32, as
+// numpy does). after_step, when given, is called after every step. std::invalid_argument for
+// guidance on an unconditional model or a bad shape, std::runtime_error for non-finite values;
+// whatever `denoise` throws passes through.
 std::vector<float> sample(Denoise const& denoise, DenoiserShape const& model, Sampler& sampler,
-                          std::vector<int64_t> const& labels, float cfg_scale, uint64_t seed, uint64_t first_image = 0);
+                          std::vector<int64_t> const& labels, double cfg_scale, uint64_t seed, uint64_t first_image = 0,
+                          std::function<void()> const& after_step = {});
 
 }  // namespace drwkv

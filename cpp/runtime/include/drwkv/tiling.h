@@ -12,6 +12,10 @@
 
 namespace drwkv {
 
+// std::invalid_argument unless tile >= 1 and 0 <= overlap < tile, in the words of
+// drwkv.runtime.tiling.tile_plan.
+void check_tile(int64_t tile, int64_t overlap);
+
 // Start offsets of the tiles along an axis of `length` latent pixels.
 std::vector<int64_t> tile_starts(int64_t length, int64_t tile, int64_t overlap);
 
@@ -24,7 +28,7 @@ using TileDecoder = std::function<void(int64_t batch, int64_t h, int64_t w, floa
 
 // images [batch, image_channels, h*f, w*f] from latents [batch, latent_channels, h, w], decoded in
 // tiles of tile x tile latent pixels overlapping by `overlap`. Returns the number of tiles decoded.
-// std::invalid_argument unless tile >= 1 and 0 <= overlap < tile.
+// check_tile first.
 int64_t decode_tiled(TileDecoder const& decode, int64_t batch, int64_t latent_channels, int64_t h, int64_t w,
                      int64_t image_channels, int64_t downsample, int64_t tile, int64_t overlap, float const* latents,
                      float* images);
