@@ -103,11 +103,7 @@ def _check_args(args, parser):
         parser.error("--threads applies to --onnx and --ckpt")
     if args.nrow is not None and not 1 <= args.nrow <= args.num_images:
         parser.error(f"--nrow must be between 1 and --num-images ({args.num_images}), got {args.nrow}")
-    if args.vae_tile is not None and args.vae_tile <= 0:
-        parser.error(f"--vae-tile must be at least 1 latent pixel, got {args.vae_tile}")
-    if args.vae_tile_overlap is not None and not 0 <= args.vae_tile_overlap < (args.vae_tile or float("inf")):
-        parser.error(f"--vae-tile-overlap must be at least 0 and below the tile, got {args.vae_tile_overlap}")
-    try:  # the library's own checks, before anything is loaded
+    try:  # the library's own checks, before anything is loaded (tiles: when the decoder is, by drwkv.Pipeline)
         check_settings(args.num_images, args.sampler, args.steps, args.cfg_scale, args.seed, args.eta, args.batch_size,
                        args.first_image)
         if args.threads is not None:

@@ -90,7 +90,7 @@ def test_decoder_graph_contract_and_metadata(exported, tiny_vae):
 def test_onnx_decoder_matches_diffusers_on_any_size(exported, tiny_vae):
     ort_decoder = load_decoder(load_denoiser(onnx=exported))
     torch_decoder = load_decoder(load_denoiser(ckpt=exported.parents[1] / "ckpt.pt", threads=1))
-    assert (ort_decoder.name, torch_decoder.name) == ("onnxruntime", "diffusers")
+    assert (ort_decoder.name, torch_decoder.name) == ("onnxruntime", "torch")
     for shape in ((1, 4, 5, 7), (3, 4, 8, 8)):   # batch, h and w dynamic, odd sizes included
         z = _latents(shape)
         ours, reference = ort_decoder(z), torch_decoder(z)
@@ -339,7 +339,7 @@ def test_pipeline_gives_the_same_rgb_images_from_onnx_and_the_checkpoint(exporte
     # Two batches of 2 x 2 tiles (8x8 latents, tiles at 0 and 2); latent models do not clip x0.
     assert from_onnx.last_run["tiles"] == 2 * 4 and from_onnx.last_run["clip_x0"] is False
     from_ckpt = drwkv.Pipeline.load(exported.parents[1] / "ckpt.pt", vae_tile=6, vae_tile_overlap=2, threads=1)
-    assert from_ckpt.decoder.name == "diffusers"
+    assert from_ckpt.decoder.name == "torch"
     assert np.abs(from_ckpt(**kwargs).astype(int) - images).max() <= 1          # float rounding at most
 
 

@@ -56,7 +56,7 @@ class TorchDecoder(Decoder):
     device: "cpu" (default) or "cuda"; threads: torch's intra-op thread count (default: torch's).
     """
 
-    name = "diffusers"
+    name = "torch"  # the backend, as for the denoiser (the module is diffusers' AutoencoderKL)
 
     def __init__(self, folder, device="cpu", threads=None):
         import torch
