@@ -40,8 +40,7 @@ struct Case {
 
 std::vector<double> normals(std::mt19937& gen, int64_t n, double scale) {
   std::normal_distribution<float> normal;
-  std::vector<double> x{};
-  x.resize(size_t(n));
+  std::vector<double> x(static_cast<size_t>(n));
   for (double& e : x) e = double(float(normal(gen) * float(scale)));
   return x;
 }
@@ -209,7 +208,8 @@ Reference reference_forward(Case const& x) {
   Reference r;
   bool const all = x.B * x.T * x.T * x.C <= (int64_t(1) << 20);
   for (int64_t t = 0; t < x.T; ++t)
-    if (all || t < 4 || t >= x.T - 4 || std::llabs(t - x.T / 2) <= 2 || t % std::max<int64_t>(1, x.T / 16) == 0) r.rows.push_back(t);
+    if (all || t < 4 || t >= x.T - 4 || std::llabs(t - x.T / 2) <= 2 || t % std::max<int64_t>(1, x.T / 16) == 0)
+      r.rows.push_back(t);
   for (int64_t c = 0; c < x.C; ++c)
     if (all || x.C <= 64 || c < 8 || c >= x.C - 8 || std::llabs(c - x.C / 2) < 4) r.channels.push_back(c);
   for (int64_t b = 0; b < x.B; ++b)
