@@ -33,4 +33,4 @@ def test_aarch64_build_passes_its_tests_under_qemu():
     assert "libdrwkv_samplers.a: no fused multiply-adds" in out
     for name in CTESTS:
         assert re.search(rf"Test +#\d+: {name} \.+ +Passed", out), f"ctest {name} did not pass:\n{out[-6000:]}"
-    assert "100% tests passed out of 8" in out
+    assert "100% tests passed" in out
