@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from PIL import Image  # noqa: E402
 from PIL.PngImagePlugin import PngInfo  # noqa: E402
-from test_runtime import REPO, TOY_CONFIG, TOY_U, TOY_W, write_toy_onnx  # noqa: E402
+from test_runtime import REPO, TOY_CONFIG, TOY_U, TOY_W, toy_denoiser, write_toy_onnx  # noqa: E402
 
 import drwkv  # noqa: E402
 from drwkv.cli import main  # noqa: E402
@@ -179,16 +179,7 @@ def _many_segments(path, cuts=24):
                   helper.make_node("Mul", [f"b{i}", "half"], [f"h{i + 1}"])]
     nodes += [helper.make_node("Reshape", [f"h{cuts}", "img_shape"], ["img"]),
               helper.make_node("Transpose", ["img"], ["out"], perm=[0, 3, 1, 2])]
-    graph = helper.make_graph(
-        nodes, "segments",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", C, H, H]),
-         helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch"]),
-         helper.make_tensor_value_info("y", TensorProto.INT64, ["batch"])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", C, H, H])], init,
-        value_info=[helper.make_tensor_value_info(f"b{i}", TensorProto.FLOAT, ["batch", H * H, C]) for i in range(cuts)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("drwkv", 1)])
-    model.metadata_props.add(key="drwkv.format", value="drwkv-onnx-denoiser")
-    model.metadata_props.add(key="drwkv.config", value=json.dumps(TOY_CONFIG))
+    model = toy_denoiser(nodes, init, {f"b{i}": TensorProto.FLOAT for i in range(cuts)})
     onnx.save(model, path)
     return path
 

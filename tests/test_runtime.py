@@ -62,19 +62,27 @@ def write_toy_onnx(path, dtype="fp32", with_metadata=True):
         helper.make_node("Reshape", ["h32", "img_shape"], ["img"]),
         helper.make_node("Transpose", ["img"], ["out"], perm=[0, 3, 1, 2]),
     ]
+    onnx.save(toy_denoiser(nodes, init, {"h": ft, "h2": ft}, with_metadata), path)
+    return path
+
+
+def toy_denoiser(nodes, init, bi_wkv_outputs, with_metadata=True):
+    """A ModelProto with the exported denoisers' I/O (x, t, y -> out) for TOY_CONFIG, made of ``nodes``
+    and the initializers ``init``; bi_wkv_outputs: {name: element type} of the BiWKV outputs, declared
+    as [batch, tokens, C] (the node has no schema for shape inference)."""
+    C, H = TOY_CONFIG["in_channels"], TOY_CONFIG["image_size"]
     graph = helper.make_graph(
         nodes, "toy",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", C, H, H]),
          helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch"]),
          helper.make_tensor_value_info("y", TensorProto.INT64, ["batch"])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", C, H, H])], init,
-        value_info=[helper.make_tensor_value_info(n, ft, ["batch", H * H, C]) for n in ("h", "h2")])
+        value_info=[helper.make_tensor_value_info(n, ft, ["batch", H * H, C]) for n, ft in bi_wkv_outputs.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("drwkv", 1)])
     if with_metadata:
         for key, value in (("drwkv.format", "drwkv-onnx-denoiser"), ("drwkv.config", json.dumps(TOY_CONFIG))):
             model.metadata_props.add(key=key, value=value)
-    onnx.save(model, path)
-    return path
+    return model
 
 
 def toy_reference(x, t, dtype="fp32"):
