@@ -216,7 +216,8 @@ def token_mix(x, xx, mix):
     """
     if _tracing():
         return x * mix + xx * (1 - mix)
-    return torch.lerp(xx, x, mix)
+    # lerp takes no mixed dtypes: under bf16 autocast the tokens may be bf16 while mix is float32.
+    return torch.lerp(xx, x, mix.to(x.dtype))
 
 
 def q_shift(x, h, w):

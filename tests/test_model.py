@@ -103,6 +103,22 @@ def test_int_and_float_timesteps_agree_and_labels_matter():
     assert not torch.allclose(a, model(x, torch.tensor([10, 700]), torch.tensor([10, 10])))
 
 
+@pytest.mark.parametrize("chunk_tokens", [1024, 16])
+def test_eager_bf16_autocast_runs_and_stays_near_float32(chunk_tokens, monkeypatch):
+    # 16: the per-token MLP in chunks, as inference runs it above chunk_tokens tokens.
+    from drwkv.model import ChannelMix
+
+    monkeypatch.setattr(ChannelMix, "chunk_tokens", chunk_tokens)
+    model = randomize(build_model(config("DRWKV-T/2"))).eval()
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([10.0, 700.0]), torch.tensor([2, 7])
+    with torch.inference_mode():
+        reference = model(x, t, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, t, y)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - reference).abs().max() / reference.abs().max()).item() < 0.03
+
+
 def test_drwkv_h2_parameter_count_matches_the_paper():
     # Paper: DRWKV-H/2 on ImageNet 512x512 (64x64x4 latent) has about 779M parameters.
     params = sum(p.numel() for p in meta_model(config("DRWKV-H/2", 64, 4, 1000)).parameters())
