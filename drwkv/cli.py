@@ -19,7 +19,7 @@ import time
 
 from drwkv.files import check_writable, check_writable_folder
 from drwkv.pipeline import check_settings, parse_classes  # noqa: F401  (parse_classes: part of the CLI's interface)
-from drwkv.runtime import check_threads
+from drwkv.runtime import PRECISIONS, check_threads
 from drwkv.settings import RunSettings, printable, regenerate_command
 from drwkv.samplers import SAMPLERS
 
@@ -48,6 +48,10 @@ def build_parser():
     src.add_argument("--threads", type=int, metavar="N",
                      help="with --onnx or --ckpt: CPU threads (ONNX Runtime's intra-op threads and drwkv's native "
                           "kernels, or torch's; default: the runtime's own choice, all cores)")
+    src.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="with --onnx: the CPU matrix products' precision: fp32 (exact; default), bf16 (OpenVINO, "
+                          "the --portable export, CPUs with AVX512-BF16 or AMX) or int8 (ONNX Runtime, weights "
+                          "quantized when the model loads)")
     v = p.add_argument_group("VAE decoder (latent models)")
     v.add_argument("--vae-decoder", metavar="PATH",
                    help="the decoder, of the model's kind: a .plan for --engine, a .onnx for --onnx, a diffusers VAE "
@@ -101,6 +105,8 @@ def _check_args(args, parser):
         parser.error("--plugin and --cuda-graph apply to --engine only")
     if args.threads is not None and args.engine:
         parser.error("--threads applies to --onnx and --ckpt")
+    if args.precision != "fp32" and not args.onnx:
+        parser.error(f"--precision {args.precision} applies to --onnx (engines and checkpoints run in fp32)")
     if args.nrow is not None and not 1 <= args.nrow <= args.num_images:
         parser.error(f"--nrow must be between 1 and --num-images ({args.num_images}), got {args.nrow}")
     try:  # the library's own checks, before anything is loaded (tiles: when the decoder is, by drwkv.Pipeline)
@@ -127,6 +133,8 @@ def run(args):
     options = {"plugin": args.plugin, "cuda_graph": args.cuda_graph} if args.engine else {}
     if args.threads:
         options["intra_op_threads" if args.onnx else "threads"] = args.threads
+    if args.onnx:
+        options["precision"] = args.precision
     kind = "engine" if args.engine else "onnx" if args.onnx else "ckpt"
     pipe = Pipeline.load(artifact, kind=kind, vae_decoder=args.vae_decoder, vae_tile=args.vae_tile,
                          vae_tile_overlap=args.vae_tile_overlap, **options)

@@ -11,7 +11,7 @@ Two kinds of text chunk (``drwkv.png`` writes them):
 from drwkv.png import parameters_line
 
 #: The command-line flag of each backend name a PNG records.
-BACKEND_FLAGS = {"tensorrt": "--engine", "onnxruntime": "--onnx", "torch": "--ckpt"}
+BACKEND_FLAGS = {"tensorrt": "--engine", "onnxruntime": "--onnx", "openvino": "--onnx", "torch": "--ckpt"}
 #: Settings that are whole numbers (checked when read back).
 INT_SETTINGS = ("drwkv.steps", "drwkv.seed", "drwkv.batch_size", "drwkv.first_image", "drwkv.num_images",
                 "drwkv.nrow", "drwkv.index", "drwkv.label", "drwkv.vae_tile", "drwkv.vae_tile_overlap")
@@ -97,6 +97,7 @@ def regenerate_command(text):
                              f"(known: {', '.join(BACKEND_FLAGS)})")
         args = [BACKEND_FLAGS[text["drwkv.backend"]], text["drwkv.artifact"], "--sampler", text["drwkv.sampler"],
                 "--steps", text["drwkv.steps"]]
+        args += ["--precision", "bf16"] if text["drwkv.backend"] == "openvino" else []  # OpenVINO runs bf16 only
         if text["drwkv.sampler"] == "ddim":
             args += ["--eta", text["drwkv.eta"]]
         args += ["--cfg-scale", text["drwkv.cfg_scale"], "--seed", text["drwkv.seed"],

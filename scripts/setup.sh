@@ -37,7 +37,7 @@ step "installing PyTorch 2.13 (CPU build) into $VENV"
 step "installing the build tools"
 "$PY" -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
 step "building drwkv (the native module drwkv._C: a few minutes) and installing its extras"
-"$PY" -m pip install -q --no-build-isolation -e ".[onnx,data,bench,test,latent]"
+"$PY" -m pip install -q --no-build-isolation -e ".[onnx,data,bench,test,latent,openvino]"
 
 # The emoji dataset: the npm package emoji-datasource-google (MIT; images Apache-2.0), extracted
 # outside the repository where training.data looks for it ($DRWKV_DATA_DIR/emoji, default

@@ -17,22 +17,38 @@ from drwkv.files import UnsafePathError, file_in_folder
 from drwkv.runtime.base import (ArtifactError, Decoder, Denoiser, check_decoder, decoder_path,
                                  recorded_vae_folder)
 
-__all__ = ["ArtifactError", "Decoder", "Denoiser", "check_threads", "load_decoder", "load_denoiser", "max_threads"]
+__all__ = ["ArtifactError", "Decoder", "Denoiser", "PRECISIONS", "check_threads", "load_decoder", "load_denoiser",
+           "max_threads"]
+
+#: The CPU precisions of an ONNX model's matrix products; fp32 is exact (the default).
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
-def load_denoiser(engine=None, onnx=None, ckpt=None, **options):
+def load_denoiser(engine=None, onnx=None, ckpt=None, precision="fp32", **options):
     """The denoiser of exactly one artifact: a TensorRT ``engine``, an ``onnx`` model or a ``ckpt``.
 
-    ``options`` go to the backend (ONNX Runtime: providers, intra_op_threads; PyTorch: device,
-    threads). Raises ArtifactError for a missing or unusable file, RuntimeError when the backend's
-    packages are not installed, ValueError unless exactly one artifact is given.
+    precision (ONNX models on the CPU): "fp32" (exact), "bf16" (OpenVINO, the portable export, CPUs
+    with AVX512-BF16 or AMX: drwkv.runtime.openvino) or "int8" (ONNX Runtime, weights quantized when
+    loaded: drwkv.runtime.ort_quant). ``options`` go to the backend (ONNX Runtime: providers,
+    intra_op_threads; OpenVINO: intra_op_threads; PyTorch: device, threads). Raises ArtifactError
+    for a missing or unusable file, RuntimeError when the backend's packages are not installed,
+    ValueError unless exactly one artifact is given, or for a precision this artifact or CPU lacks.
     """
     given = [name for name, value in (("engine", engine), ("onnx", onnx), ("ckpt", ckpt)) if value is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one of engine, onnx, ckpt (got {', '.join(given) or 'none'})")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and onnx is None:
+        what = "TensorRT engine" if engine is not None else "PyTorch checkpoint"
+        raise ValueError(f"precision {precision} is for ONNX models on the CPU (--onnx); a {what} runs in fp32")
     for name in ("intra_op_threads", "threads"):
         if options.get(name) is not None:
             check_threads(options[name])
+    if precision == "bf16":
+        return _openvino_backend().OpenVINODenoiser(onnx, **options)
+    if precision == "int8":
+        return _onnx_backend().OnnxRuntimeDenoiser(onnx, precision=precision, **options)
     if engine is not None:
         return _tensorrt_backend(engine).TensorRTDenoiser(engine, **options)
     if onnx is not None:
@@ -71,7 +87,8 @@ def load_decoder(denoiser, path=None, **options):
     kinds = {"tensorrt": (".plan", "a TensorRT decoder plan (.plan, from python -m export.to_trt)"),
              "onnxruntime": (".onnx", "an ONNX decoder (.onnx, from python -m export.to_onnx)"),
              "torch": ("", "a diffusers VAE folder")}
-    suffix, what = kinds[denoiser.name]
+    backend = "onnxruntime" if denoiser.name == "openvino" else denoiser.name  # its decoder runs in ONNX Runtime
+    suffix, what = kinds[backend]
     if path is None:
         path = _default_decoder(denoiser)
     elif (os.fspath(path).endswith((".onnx", ".plan")) if denoiser.name == "torch"
@@ -79,7 +96,7 @@ def load_decoder(denoiser, path=None, **options):
         raise ArtifactError(f"--vae-decoder {path}: the decoder of a {denoiser.name} model is {what}")
     if denoiser.name == "tensorrt":
         decoder = _tensorrt_backend(path).TensorRTDecoder(path, **options)
-    elif denoiser.name == "onnxruntime":
+    elif backend == "onnxruntime":
         decoder = _onnx_backend().OnnxRuntimeDecoder(path, **options)
     else:
         decoder = _torch_backend().TorchDecoder(path, **options)
@@ -125,6 +142,14 @@ def _onnx_backend():
         raise RuntimeError(f"running an ONNX model needs {' and '.join(missing)}; pip install 'drwkv[onnx]'")
     from drwkv.runtime import onnx
     return onnx
+
+
+def _openvino_backend():
+    if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("onnx") is None:
+        raise RuntimeError("precision bf16 runs in OpenVINO (not installed); pip install 'drwkv[onnx,openvino]', "
+                           "or use --precision int8 or fp32")
+    from drwkv.runtime import openvino
+    return openvino
 
 
 def _torch_backend():

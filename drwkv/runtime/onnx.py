@@ -192,14 +192,22 @@ class OnnxRuntimeDenoiser(Denoiser):
     native kernels run their own OpenMP threads in between.
     fuse: on the CPU, run through drwkv.runtime.ort_split with the element-wise patterns fused
     (default True); False runs the whole graph in one session with the BiWKV Python op.
+    precision: "fp32", or "int8" for the matrix products with constant weights in int8, quantized
+    when loaded (drwkv.runtime.ort_quant; the CPU provider only, a float32 export only).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path, providers=None, intra_op_threads=None, fuse=True):
+    def __init__(self, path, providers=None, intra_op_threads=None, fuse=True, precision="fp32"):
         model, self.config = read_onnx(path)
         self.path = os.fspath(path)
         meta = {p.key: p.value for p in model.metadata_props}
+        self.precision = precision
+        int8 = precision == "int8"
+        if int8 and meta.get("drwkv.dtype", "fp32") != "fp32":
+            raise ArtifactError(f"{self.path} is a {meta['drwkv.dtype']} export: precision int8 takes a float32 one")
+        if int8 and providers is not None and list(providers) != ["CPUExecutionProvider"]:
+            raise ValueError(f"precision int8 runs on ONNX Runtime's CPU provider only, got providers {list(providers)}")
         self.exported_vae_sha256 = meta.get(VAE_SHA256_KEY)
         #: The decoder file the export wrote next to this model (None: none was written).
         self.decoder_file = meta.get(DECODER_FILE_KEY)
@@ -207,14 +215,14 @@ class OnnxRuntimeDenoiser(Denoiser):
         if set(inputs) != {"x", "t", "y"}:
             raise ArtifactError(f"{self.path}: expected inputs x, t, y; the graph has {sorted(inputs)}")
         self._x_dtype = np.float16 if inputs["x"].type.tensor_type.elem_type == 10 else np.float32
-        providers = providers if providers is not None else _default_providers()
+        providers = providers if providers is not None else ["CPUExecutionProvider"] if int8 else _default_providers()
         #: The fused patterns ({op: count}) on the CPU path; None when the graph runs in one session.
         #: custom_ops: how many BiWKV nodes drwkv's kernel runs, on either path.
         self.fused = None
         if fuse and list(providers) == ["CPUExecutionProvider"]:
             from drwkv.runtime.ort_split import SplitSession
             try:
-                self.session = SplitSession(model, intra_op_threads=intra_op_threads)
+                self.session = SplitSession(model, intra_op_threads=intra_op_threads, int8=int8)
             except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
                 raise ArtifactError(f"{self.path}: onnxruntime cannot load the graph: "
                                     f"{str(e).strip().splitlines()[0][:300]}") from None
@@ -223,6 +231,9 @@ class OnnxRuntimeDenoiser(Denoiser):
             self.providers = list(providers)
             return
         from drwkv import ort_ops
+        if int8:
+            from drwkv.runtime.ort_quant import quantize_matmuls
+            quantize_matmuls(model)
         self.custom_ops = route_bi_wkv_to_extensions(model, ort_ops.DOMAIN)
         self.session = _session(model, self.path, providers, intra_op_threads, custom_ops=self.custom_ops > 0)
         self.providers = self.session.get_providers()

@@ -43,7 +43,7 @@ if not _openmp_loaded():
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from drwkv import _C  # noqa: E402  (after the wait policy)
-from drwkv.runtime import ort_fusion  # noqa: E402
+from drwkv.runtime import ort_fusion, ort_quant  # noqa: E402
 from drwkv.runtime.ort_env import session_options  # noqa: E402
 
 BIWKV_DOMAIN = ort_fusion.BIWKV_DOMAIN  # the BiWKV nodes and the fused passes: drwkv runs them
@@ -214,16 +214,18 @@ class SplitSession:
 
     fuse: also fuse the element-wise patterns of drwkv.runtime.ort_fusion (False: only the BiWKV
     nodes run natively). profile: record ONNX Runtime's and the native nodes' time per op type for
-    ``op_times()``.
+    ``op_times()``. int8: the matrix products with constant weights in int8 (drwkv.runtime.ort_quant).
     """
 
-    def __init__(self, model, intra_op_threads=None, fuse=True, profile=False):
+    def __init__(self, model, intra_op_threads=None, fuse=True, profile=False, int8=False):
         import onnxruntime as ort
         from onnx import helper, numpy_helper
 
         self.threads = int(intra_op_threads or 0)
         info = ort_fusion.value_info(model)
         self.fused = ort_fusion.fuse(model, info) if fuse else _natives_only(model)
+        #: How many MatMuls run in int8 (after the fusion, whose patterns match float32 graphs).
+        self.quantized = ort_quant.quantize_matmuls(model) if int8 else 0
         graph = model.graph
         constants = {t.name: t for t in graph.initializer}
         self.inputs = [i.name for i in graph.input if i.name not in constants]

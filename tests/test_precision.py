@@ -1,0 +1,148 @@
+"""precision on the CPU: fp32 (exact), int8 (ONNX Runtime, drwkv.runtime.ort_quant) and bf16
+(OpenVINO on the portable export, drwkv.runtime.openvino), end to end through drwkv.Pipeline on a
+tiny exported model, judged by the PSNR of their uint8 images against fp32's; and the one-line
+errors for a precision the artifact, the backend or the CPU lacks."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime_extensions")
+
+from conftest import write_random_checkpoint  # noqa: E402
+
+import drwkv  # noqa: E402
+from drwkv.runtime import ArtifactError, load_denoiser  # noqa: E402
+from export import to_onnx  # noqa: E402
+
+CONFIG = {"model": "DRWKV-T/2", "image_size": 16, "in_channels": 3, "num_classes": 3, "learn_sigma": False,
+          "diffusion": {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000}}
+RUN = {"num_images": 8, "steps": 10, "seed": 0}
+# Bounds on the images against fp32's, with a margin below what this model gives (int8 33 dB, bf16 40 dB).
+MIN_PSNR = {"int8": 28.0, "bf16": 34.0}
+
+
+def psnr(images, reference):
+    mse = np.mean((images.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0 ** 2 / mse) if mse else np.inf
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(checkpoint, default export with BiWKV nodes, portable export) of one random model."""
+    folder = tmp_path_factory.mktemp("precision")
+    ckpt = write_random_checkpoint(folder / "ckpt.pt", CONFIG)
+    to_onnx.export_onnx(ckpt, folder / "model.onnx")
+    to_onnx.export_onnx(ckpt, folder / "portable.onnx", portable=True)
+    return ckpt, folder / "model.onnx", folder / "portable.onnx"
+
+
+@pytest.fixture(scope="module")
+def fp32_images(models):
+    return drwkv.Pipeline.load(models[1])(**RUN)
+
+
+def bf16_unavailable():
+    try:
+        from drwkv.runtime.openvino import bf16_support
+    except ImportError:
+        return "OpenVINO is not installed"
+    try:
+        return bf16_support()
+    except ImportError:
+        return "OpenVINO is not installed"
+
+
+def test_fp32_is_the_default_and_exact(models):
+    ckpt, onnx_path, _ = models
+    rng = np.random.default_rng(0)
+    x, t, y = rng.standard_normal((2, 3, 16, 16)).astype(np.float32), np.array([10.0, 700.0], np.float32), [0, 2]
+    reference = load_denoiser(ckpt=ckpt, threads=1)(x, t, y)
+    for denoiser in (load_denoiser(onnx=onnx_path), load_denoiser(onnx=onnx_path, precision="fp32")):
+        assert denoiser.name == "onnxruntime" and denoiser.precision == "fp32"
+        assert np.abs(denoiser(x, t, y) - reference).max() / np.abs(reference).max() <= 1e-5
+
+
+def test_int8_through_the_pipeline(models, fp32_images):
+    pipe = drwkv.Pipeline.load(models[1], precision="int8", intra_op_threads=1)
+    assert pipe.denoiser.session.quantized == 7 * 7 + 3 + 1  # 7 MatMuls per block, 3 skip Linears, the head
+    images = pipe(**RUN)
+    assert images.shape == fp32_images.shape and not np.array_equal(images, fp32_images)
+    assert psnr(images, fp32_images) >= MIN_PSNR["int8"]
+
+
+def test_int8_in_one_session(models):
+    """fuse=False: the whole graph in one ONNX Runtime session, its MatMuls quantized the same way."""
+    rng = np.random.default_rng(1)
+    x, t, y = rng.standard_normal((2, 3, 16, 16)).astype(np.float32), np.array([10.0, 700.0], np.float32), [0, 2]
+    split = load_denoiser(onnx=models[1], precision="int8")(x, t, y)
+    whole = load_denoiser(onnx=models[1], precision="int8", fuse=False)(x, t, y)
+    assert np.abs(split - whole).max() / np.abs(whole).max() <= 1e-5
+
+
+def test_bf16_through_the_pipeline(models, fp32_images):
+    why_not = bf16_unavailable()
+    if why_not:
+        pytest.skip(why_not)
+    pipe = drwkv.Pipeline.load(models[2], precision="bf16", intra_op_threads=1)
+    assert pipe.denoiser.name == "openvino" and pipe.denoiser.bf16_products == 7 * 7 + 3 + 1 + 10  # and 10 Gemms
+    images = pipe(**RUN)
+    assert not np.array_equal(images, fp32_images)
+    assert psnr(images, fp32_images) >= MIN_PSNR["bf16"]
+
+
+def test_bf16_needs_the_portable_export(models):
+    if bf16_unavailable() == "OpenVINO is not installed":
+        pytest.skip("OpenVINO is not installed")
+    with pytest.raises(ArtifactError, match="takes the portable export") as e:
+        load_denoiser(onnx=models[1], precision="bf16")
+    assert "\n" not in str(e.value)
+
+
+def test_bf16_without_openvino_says_what_to_install(models, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else find_spec(name, *a))
+    with pytest.raises(RuntimeError, match=r"pip install 'drwkv\[onnx,openvino\]'"):
+        load_denoiser(onnx=models[2], precision="bf16")
+
+
+@pytest.mark.parametrize("artifact, precision, message", [
+    ("onnx", "fp16", "precision must be one of fp32, bf16, int8, got 'fp16'"),
+    ("ckpt", "int8", "precision int8 is for ONNX models on the CPU (--onnx); a PyTorch checkpoint runs in fp32"),
+])
+def test_unsupported_precisions_are_one_line_value_errors(models, artifact, precision, message):
+    path = models[0] if artifact == "ckpt" else models[1]
+    with pytest.raises(ValueError) as e:
+        load_denoiser(**{artifact: path}, precision=precision)
+    assert str(e.value) == message
+
+
+def test_int8_refuses_other_providers(models):
+    with pytest.raises(ValueError, match="CPU provider only"):
+        load_denoiser(onnx=models[1], precision="int8", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("flags, code, message", [
+    (["--onnx", "{onnx}", "--precision", "fp16"], 2, "argument --precision: invalid choice: 'fp16'"),
+    (["--ckpt", "{ckpt}", "--precision", "int8"], 2, "--precision int8 applies to --onnx"),
+    (["--onnx", "{onnx}", "--precision", "bf16"], 1, "precision bf16 runs in OpenVINO"),
+])
+def test_cli_errors_are_one_line_and_write_nothing(models, tmp_path, flags, code, message):
+    if "bf16" in flags and bf16_unavailable() == "OpenVINO is not installed":
+        pytest.skip("OpenVINO is not installed")
+    ckpt, onnx_path, _ = models
+    out = tmp_path / "samples.png"
+    argv = [f.format(onnx=onnx_path, ckpt=ckpt) for f in flags] + ["--num-images", "2", "--steps", "2", "--out", str(out)]
+    result = subprocess.run([sys.executable, "-m", "drwkv.cli", *argv], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not out.exists()
