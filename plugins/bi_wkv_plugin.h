@@ -13,11 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "drwkv/bi_wkv.h"
+
 namespace drwkv::trt {
 
-constexpr char const* kBiWKVPluginName = "BiWKV";
-constexpr char const* kBiWKVPluginVersion = "1";
-constexpr char const* kBiWKVPluginNamespace = "";
+using drwkv::kBiWKVPluginName;
+using drwkv::kBiWKVPluginNamespace;
+using drwkv::kBiWKVPluginVersion;
 // The only plugin field: the version the ONNX node asks for (attribute plugin_version).
 constexpr char const* kPluginVersionField = "plugin_version";
 

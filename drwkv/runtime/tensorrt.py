@@ -261,8 +261,10 @@ class TensorRTDenoiser(_EngineRunner, Denoiser):
     def __init__(self, path, plugin=None, device=0, cuda_graph=False):
         if not os.path.isfile(os.fspath(path)):
             raise ArtifactError(f"TensorRT engine not found: {os.fspath(path)}")
-        # The plugin is registered before the plan that uses it is deserialized.
-        self.plugin = load_plugin_library(plugin)
+        # The plugin is registered before the plan that uses it is deserialized; a plan built from a
+        # portable graph (sidecar "plugin": null) has no BiWKV layer and needs none.
+        needs_plugin = read_sidecar(path).get("plugin") is not None
+        self.plugin = load_plugin_library(plugin) if needs_plugin else None
         sidecar = self._open(path, SIDECAR_FORMAT, IO_TENSORS, device)
         self.config = sidecar["config"]
         self.exported_vae_sha256 = sidecar.get("vae_sha256")

@@ -9,6 +9,12 @@
 
 namespace drwkv {
 
+// The ONNX node's TensorRT plugin: the ONNX parser maps op_type BiWKV (attribute plugin_version) to
+// the plugin of that name and version in the empty namespace.
+constexpr char const* kBiWKVPluginName = "BiWKV";
+constexpr char const* kBiWKVPluginVersion = "1";
+constexpr char const* kBiWKVPluginNamespace = "";
+
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kFloat64 = 2 };
 
 // --- CPU (threads: 0 = all available) -----------------------------------------------------------

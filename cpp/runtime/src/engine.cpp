@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "drwkv/bi_wkv.h"  // the plugin's name and version
 #include "trt_util.h"
 
 namespace drwkv {
@@ -86,7 +87,8 @@ Engine::Engine(std::string const& plan_path, std::string const& plugin_path, int
   if (!m.runtime) throw std::runtime_error("cannot create the TensorRT runtime");
   // The registry is process-wide: a second Engine finds BiWKV already registered.
   nvinfer1::IPluginRegistry& registry = m.runtime->getPluginRegistry();
-  if (registry.getCreator("BiWKV", "1", "") == nullptr && registry.loadLibrary(plugin_path.c_str()) == nullptr)
+  if (registry.getCreator(kBiWKVPluginName, kBiWKVPluginVersion, kBiWKVPluginNamespace) == nullptr &&
+      registry.loadLibrary(plugin_path.c_str()) == nullptr)
     throw std::runtime_error("TensorRT could not load the BiWKV plugin library " + plugin_path);
 
   std::string const plan = trt::read_file(plan_path, "TensorRT engine");
