@@ -19,9 +19,10 @@ import time
 
 from drwkv.files import check_writable, check_writable_folder
 from drwkv.pipeline import check_settings, parse_classes  # noqa: F401  (parse_classes: part of the CLI's interface)
+from drwkv.png import check_nrow
 from drwkv.runtime import PRECISIONS, check_threads
-from drwkv.settings import RunSettings, printable, regenerate_command
 from drwkv.samplers import SAMPLERS
+from drwkv.settings import RunSettings, printable, regenerate_command
 
 PROG = "drwkv-infer"
 
@@ -107,11 +108,10 @@ def _check_args(args, parser):
         parser.error("--threads applies to --onnx and --ckpt")
     if args.precision != "fp32" and not args.onnx:
         parser.error(f"--precision {args.precision} applies to --onnx (engines and checkpoints run in fp32)")
-    if args.nrow is not None and not 1 <= args.nrow <= args.num_images:
-        parser.error(f"--nrow must be between 1 and --num-images ({args.num_images}), got {args.nrow}")
     try:  # the library's own checks, before anything is loaded (tiles: when the decoder is, by drwkv.Pipeline)
         check_settings(args.num_images, args.sampler, args.steps, args.cfg_scale, args.seed, args.eta, args.batch_size,
                        args.first_image)
+        check_nrow(args.nrow, args.num_images)
         if args.threads is not None:
             check_threads(args.threads)
         if args.out.lower().endswith(".png"):
@@ -125,8 +125,8 @@ def _check_args(args, parser):
 def run(args):
     from tqdm import tqdm
 
-    from drwkv.png import make_grid, save_png
     from drwkv.pipeline import Pipeline
+    from drwkv.png import make_grid, save_png
 
     t0 = time.perf_counter()
     artifact = args.engine or args.onnx or args.ckpt

@@ -23,9 +23,16 @@ def to_uint8(x):
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def check_nrow(nrow, num_images):
+    """Refuse (ValueError, one line) a grid row length outside 1 .. num_images (None: about square)."""
+    if nrow is not None and not 1 <= nrow <= num_images:
+        raise ValueError(f"nrow must be between 1 and the number of images ({num_images}), got {nrow}")
+
+
 def make_grid(images, nrow=None, padding=2):
     """uint8 [B,H,W,C] -> one uint8 [rows*(H+p)+p, nrow*(W+p)+p, C] image, row-major, black padding."""
     B, H, W, C = images.shape
+    check_nrow(nrow, B)
     nrow = nrow or math.ceil(math.sqrt(B))
     rows = math.ceil(B / nrow)
     grid = np.zeros((rows * (H + padding) + padding, nrow * (W + padding) + padding, C), dtype=np.uint8)

@@ -348,7 +348,7 @@ def test_a_failed_write_leaves_no_temp_file_and_the_old_file(tmp_path):
 @pytest.mark.parametrize("extra, expected", [
     (["--first-image", "18446744073709551615"], "passes the last image number"),
     (["--first-image", "-5"], "first_image must be an integer >= 0"),
-    (["--nrow", "100000000"], "--nrow must be between 1 and --num-images"),
+    (["--nrow", "100000000"], "nrow must be between 1 and the number of images (16), got 100000000"),
     (["--num-images", "1000000000000"], "more than the"),
     (["--out", "/sys/x.png"], "cannot write --out /sys/x.png"),
     (["--out", "FILE/x.png"], "is a file, not a folder"),

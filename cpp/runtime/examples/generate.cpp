@@ -147,7 +147,7 @@ Options parse(int argc, char** argv) {
   // drwkv-infer's checks, in its words, before anything is loaded
   if (o.engine.empty()) usage_error("give the engine: drwkv_generate [--engine] PLAN");
   if (o.nrow && !(*o.nrow >= 1 && *o.nrow <= run.num_images))
-    usage_error("--nrow must be between 1 and --num-images (" + std::to_string(run.num_images) + "), got " +
+    usage_error("nrow must be between 1 and the number of images (" + std::to_string(run.num_images) + "), got " +
                 std::to_string(*o.nrow));
   if (o.vae_tile && *o.vae_tile <= 0)
     usage_error("--vae-tile must be at least 1 latent pixel, got " + std::to_string(*o.vae_tile));
