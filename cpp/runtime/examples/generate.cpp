@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -168,10 +169,25 @@ bool is_grid(std::string out) {  // a .png path, whatever its case
   return out.size() >= 4 && out.compare(out.size() - 4, 4, ".png") == 0;
 }
 
+// Refuses an --out that cannot be written before any work, as drwkv-infer does: the folder (of
+// the grid, or the folder itself) is made, and a probe file made and removed in it.
+void check_writable(std::string const& out, bool grid) {
+  namespace fs = std::filesystem;
+  fs::path const folder = grid ? fs::path(out).parent_path() : fs::path(out);
+  std::error_code error;
+  if (!folder.empty()) fs::create_directories(folder, error);
+  fs::path const probe = (folder.empty() ? fs::path(".") : folder) / (".drwkv-probe." + std::to_string(::getpid()));
+  if (error || !std::ofstream(probe).good())
+    throw std::runtime_error("cannot write --out " + out + (error ? ": " + error.message() : ""));
+  fs::remove(probe, error);
+}
+
 // Runs o and returns what it wrote, for the summary line.
 std::string generate(Options& o) {
   using Clock = std::chrono::steady_clock;
   auto const t0 = Clock::now();
+  bool const grid = is_grid(o.out);
+  check_writable(o.out, grid);
   drwkv::Engine engine(o.engine, o.plugin);
   drwkv::ModelConfig const& config = engine.config();
   bool const latent = config.latent_downsample > 0;
@@ -193,8 +209,6 @@ std::string generate(Options& o) {
   drwkv::Pipeline const pipe(o.engine, config, denoise, tiles, o.vae_tile, o.vae_tile_overlap);
   double const load_s = std::chrono::duration<double>(Clock::now() - t0).count();
 
-  bool const grid = is_grid(o.out);
-  if (!grid) std::filesystem::create_directories(o.out);
   if (isatty(STDERR_FILENO))
     o.run.progress = [](int64_t done, int64_t total) {
       std::fprintf(stderr, "\r%s: step %lld/%lld", kProg, (long long)done, (long long)total);
