@@ -90,7 +90,8 @@ def test_bf16_through_the_pipeline(models, fp32_images):
     if why_not:
         pytest.skip(why_not)
     pipe = drwkv.Pipeline.load(models[2], precision="bf16", intra_op_threads=1)
-    assert pipe.denoiser.name == "openvino" and pipe.denoiser.bf16_products == 7 * 7 + 3 + 1 + 10  # and 10 Gemms
+    # The token MatMuls: 7 per block, 3 skip Linears, the head; the per-image Gemms stay float32.
+    assert pipe.denoiser.name == "openvino" and pipe.denoiser.bf16_products == 7 * 7 + 3 + 1
     images = pipe(**RUN)
     assert not np.array_equal(images, fp32_images)
     assert psnr(images, fp32_images) >= MIN_PSNR["bf16"]
@@ -108,7 +109,8 @@ def test_bf16_without_openvino_says_what_to_install(models, monkeypatch):
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else find_spec(name, *a))
     with pytest.raises(RuntimeError, match=r"pip install 'drwkv\[onnx,openvino\]'"):
         load_denoiser(onnx=models[2], precision="bf16")
 
@@ -139,7 +141,8 @@ def test_cli_errors_are_one_line_and_write_nothing(models, tmp_path, flags, code
         pytest.skip("OpenVINO is not installed")
     ckpt, onnx_path, _ = models
     out = tmp_path / "samples.png"
-    argv = [f.format(onnx=onnx_path, ckpt=ckpt) for f in flags] + ["--num-images", "2", "--steps", "2", "--out", str(out)]
+    argv = [f.format(onnx=onnx_path, ckpt=ckpt) for f in flags]
+    argv += ["--num-images", "2", "--steps", "2", "--out", str(out)]
     result = subprocess.run([sys.executable, "-m", "drwkv.cli", *argv], capture_output=True, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == code

@@ -207,7 +207,8 @@ class OnnxRuntimeDenoiser(Denoiser):
         if int8 and meta.get("drwkv.dtype", "fp32") != "fp32":
             raise ArtifactError(f"{self.path} is a {meta['drwkv.dtype']} export: precision int8 takes a float32 one")
         if int8 and providers is not None and list(providers) != ["CPUExecutionProvider"]:
-            raise ValueError(f"precision int8 runs on ONNX Runtime's CPU provider only, got providers {list(providers)}")
+            raise ValueError(f"precision int8 runs on ONNX Runtime's CPU provider only, "
+                             f"got providers {list(providers)}")
         self.exported_vae_sha256 = meta.get(VAE_SHA256_KEY)
         #: The decoder file the export wrote next to this model (None: none was written).
         self.decoder_file = meta.get(DECODER_FILE_KEY)
