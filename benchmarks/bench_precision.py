@@ -1,0 +1,247 @@
+"""CPU precisions against PyTorch: ms per denoiser call of each backend, and the images' fidelity.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_precision.py --threads 2
+    python benchmarks/bench_precision.py --fidelity          # the pretrained Fashion-MNIST model
+
+Speed (default): for each --models at each --tokens (square numbers; image size sqrt(tokens) * 2
+with patch 2, 3 channels, random weights: the model's init perturbed by 0.02 N(0, 1)) and each
+--batch-sizes, ms per denoiser call of:
+
+  PyTorch eager fp32       load_denoiser(ckpt=...): the checkpoint's model under inference_mode.
+  torch.compile bf16       the same model through torch.compile (default mode, inductor), called
+                           under torch.autocast("cpu", dtype=torch.bfloat16); its first call per
+                           batch size (the compilation) is the warm-up, not timed.
+  ORT fp32                 load_denoiser(onnx=...): drwkv's ONNX Runtime CPU path (the default).
+  ORT int8                 load_denoiser(onnx=..., precision="int8"): the same path with its
+                           MatMuls as DynamicQuantizeMatMul (drwkv.runtime.ort_quant).
+  OpenVINO bf16            load_denoiser(onnx=<portable export>, precision="bf16"): OpenVINO with
+                           the matrix products in bf16 (drwkv.runtime.openvino).
+
+Each backend is called as drwkv.Pipeline calls it (numpy in, numpy out) and runs in a process of
+its own, loaded once; the parent asks each in turn for one call per round (--repeats rounds, after
+one warm-up call each per batch size) and reports each one's best. Interleaving exposes every
+backend to the same drift of a shared machine. Columns: ms per call, the speed-up over PyTorch
+eager fp32 and over torch.compile bf16, and the max relative error of the output against PyTorch
+eager fp32 (max |out - ref| / max |ref|, same inputs). Checkpoints and exports are cached in
+--work-dir.
+
+--fidelity: the committed pretrained/fashion-mnist-drwkv-t4.pt exported to ONNX (default and
+portable) in a temporary folder, then drwkv.Pipeline at each precision, DDIM --steps (25), seed 0,
+--num-images (64): the PSNR of each precision's uint8 images against fp32's.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from benchmarks.machine import cpu_name  # noqa: E402
+
+EAGER, COMPILED, ORT, INT8, OPENVINO = "PyTorch eager fp32", "torch.compile bf16", "ORT fp32", "ORT int8", \
+    "OpenVINO bf16"
+BACKENDS = (EAGER, COMPILED, ORT, INT8, OPENVINO)
+PRETRAINED = os.path.join(REPO, "pretrained", "fashion-mnist-drwkv-t4.pt")
+
+
+def psnr(images, reference):
+    mse = np.mean((images.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return 10 * math.log10(255.0 ** 2 / mse) if mse else math.inf
+
+
+def relative_error(out, reference):
+    return float(np.abs(out.astype(np.float64) - reference).max() / np.abs(reference).max())
+
+
+def inputs(batch, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((batch, 3, size, size)).astype(np.float32),
+            rng.uniform(0, 999, batch).astype(np.float32), rng.integers(0, 10, batch))
+
+
+# --- the models --------------------------------------------------------------------------------------
+
+def prepare(model, tokens, work_dir):
+    """A random checkpoint of ``model`` at ``tokens`` tokens and its exports -> (ckpt, onnx, portable onnx)."""
+    import torch
+
+    from drwkv.model import build_model
+    from export.to_onnx import export_onnx
+
+    size = math.isqrt(tokens) * 2
+    base = os.path.join(work_dir, f"{model.replace('/', '-')}_{size}px")
+    if not os.path.exists(base + ".pt"):
+        config = {"model": model, "image_size": size, "in_channels": 3, "num_classes": 10, "learn_sigma": False}
+        torch.manual_seed(0)
+        net = build_model(config)
+        with torch.no_grad():  # no zero-initialised (identity) blocks
+            for p in net.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        state = net.state_dict()
+        torch.save({"format": "drwkv-checkpoint", "version": 1, "config": config, "model": state, "ema": state},
+                   base + ".pt")
+    for portable in (False, True):
+        path = base + ("_portable" if portable else "") + ".onnx"
+        if not os.path.exists(path):
+            print(f"exporting {path} ...", file=sys.stderr, flush=True)
+            export_onnx(base + ".pt", path, portable=portable)
+    return base + ".pt", base + ".onnx", base + "_portable.onnx"
+
+
+def load(backend, ckpt, onnx_path, portable_path, threads):
+    """The backend's denoiser call: numpy (x, t, y) -> numpy."""
+    from drwkv.runtime import load_denoiser
+
+    if backend == ORT:
+        return load_denoiser(onnx=onnx_path, intra_op_threads=threads)
+    if backend == INT8:
+        return load_denoiser(onnx=onnx_path, precision="int8", intra_op_threads=threads)
+    if backend == OPENVINO:
+        return load_denoiser(onnx=portable_path, precision="bf16", intra_op_threads=threads)
+    denoiser = load_denoiser(ckpt=ckpt, threads=threads)
+    if backend == EAGER:
+        return denoiser
+    import torch
+
+    denoiser.model = torch.compile(denoiser.model)
+
+    def call(x, t, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return denoiser(x, t, y)
+    return call
+
+
+# --- one backend, in its own process: reads {"batch": B, "save": path or null} lines, answers ms ---------
+
+def worker(backend, ckpt, onnx_path, portable_path, threads, size):
+    # Answers go through a copy of stdout; anything the libraries print goes to stderr.
+    channel = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    call = load(backend, ckpt, onnx_path, portable_path, threads)
+    print(json.dumps({"ready": True}), file=channel, flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        x, t, y = inputs(request["batch"], size)
+        start = time.perf_counter()
+        out = call(x, t, y)
+        ms = 1e3 * (time.perf_counter() - start)
+        if request.get("save"):
+            np.save(request["save"], out)
+        print(json.dumps({"ms": ms}), file=channel, flush=True)
+
+
+class Worker:
+    def __init__(self, backend, paths, threads, size):
+        argv = [sys.executable, os.path.abspath(__file__), "--worker", backend, *paths, "--threads", str(threads),
+                "--size", str(size)]
+        self.backend = backend
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.backend}: the worker process ended (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def call(self, batch, save=None):
+        self.process.stdin.write(json.dumps({"batch": batch, "save": save}) + "\n")
+        self.process.stdin.flush()
+        return self._read()["ms"]
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def speed(args):
+    print(f"# Precision benchmark: {cpu_name()}, {args.threads} threads (OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), {args.repeats} interleaved rounds, best of each")
+    print("\n| model | tokens | batch | backend | ms/call | vs eager fp32 | vs compile bf16 | max rel err vs fp32 |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    os.makedirs(args.work_dir, exist_ok=True)
+    for model in args.models:
+        for tokens in args.tokens:
+            paths = prepare(model, tokens, args.work_dir)
+            size = math.isqrt(tokens) * 2
+            workers = [Worker(b, paths, args.threads, size) for b in args.backends]
+            try:
+                for batch in args.batch_sizes:
+                    outs = {w.backend: os.path.join(args.work_dir, f"out_{i}.npy") for i, w in enumerate(workers)}
+                    for w in workers:  # warm-up (torch.compile compiles here), saving the output
+                        w.call(batch, outs[w.backend])
+                    best = {w.backend: math.inf for w in workers}
+                    for _ in range(args.repeats):
+                        for w in workers:
+                            best[w.backend] = min(best[w.backend], w.call(batch))
+                    reference = np.load(outs[EAGER]).astype(np.float64) if EAGER in outs else None
+                    for w in workers:
+                        ms = best[w.backend]
+                        ratio = lambda b: f"{best[b] / ms:.2f}x" if b in best else "-"  # noqa: E731
+                        err = relative_error(np.load(outs[w.backend]), reference) if reference is not None else math.nan
+                        print(f"| {model} | {tokens} | {batch} | {w.backend} | {ms:.0f} | {ratio(EAGER)} | "
+                              f"{ratio(COMPILED)} | {err:.1e} |", flush=True)
+            finally:
+                for w in workers:
+                    w.close()
+    return 0
+
+
+def fidelity(args):
+    """PSNR of each precision's images against fp32's, on the pretrained Fashion-MNIST model."""
+    from drwkv import Pipeline
+    from export.to_onnx import export_onnx
+
+    print(f"# Fidelity: {os.path.basename(PRETRAINED)}, DDIM {args.steps} steps, {args.num_images} images, seed 0, "
+          f"{cpu_name()}\n\n| precision | backend | PSNR vs fp32 (dB) | max abs pixel diff |\n|---|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path, portable_path = os.path.join(folder, "model.onnx"), os.path.join(folder, "portable.onnx")
+        export_onnx(PRETRAINED, onnx_path)
+        export_onnx(PRETRAINED, portable_path, portable=True)
+        run = {"num_images": args.num_images, "steps": args.steps, "seed": 0, "sampler": "ddim"}
+        reference = Pipeline.load(onnx_path, intra_op_threads=args.threads)(**run)
+        for precision, path in (("int8", onnx_path), ("bf16", portable_path)):
+            pipe = Pipeline.load(path, precision=precision, intra_op_threads=args.threads)
+            images = pipe(**run)
+            diff = int(np.abs(images.astype(np.int16) - reference).max())
+            print(f"| {precision} | {pipe.denoiser.name} | {psnr(images, reference):.1f} | {diff} |", flush=True)
+    return 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["DRWKV-S/2", "DRWKV-B/2"])
+    p.add_argument("--tokens", nargs="+", type=int, default=[1024, 4096])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "bench_precision"))
+    p.add_argument("--fidelity", action="store_true", help="the PSNR table instead of the speed table")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--num-images", type=int, default=64)
+    p.add_argument("--worker", nargs=4, metavar=("BACKEND", "CKPT", "ONNX", "PORTABLE"), help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if any(math.isqrt(t) ** 2 != t for t in args.tokens):
+        p.error("--tokens must be square numbers")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        worker(*args.worker, args.threads, args.size)
+        return 0
+    return fidelity(args) if args.fidelity else speed(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
