@@ -461,3 +461,8 @@ def test_code_running_pickle_is_refused_with_the_reason(tmp_path, protocol):
     assert "weights_only" not in message and "\n" not in message
     result = run_cli(["--ckpt", path, "--out", tmp_path / "g.png"])
     assert "pwned" not in result.stdout and "never unpickles code" in one_error_line(result, 1)
+
+
+def test_options_of_another_backend_are_refused_in_one_line(toy):
+    with pytest.raises(ValueError, match="plugin: not an option of the onnxruntime backend"):
+        drwkv.Pipeline.load(toy, plugin="libdrwkv_trt_plugin.so")

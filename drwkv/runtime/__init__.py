@@ -11,6 +11,7 @@ the PyTorch checkpoint with its diffusers VAE (``drwkv.runtime.torch_ckpt``). Ea
 when chosen, so importing this package, and the ONNX Runtime and TensorRT paths, never import torch.
 """
 import importlib.util
+import inspect
 import os
 
 from drwkv.files import UnsafePathError, file_in_folder
@@ -46,14 +47,25 @@ def load_denoiser(engine=None, onnx=None, ckpt=None, precision="fp32", **options
         if options.get(name) is not None:
             check_threads(options[name])
     if precision == "bf16":
-        return _openvino_backend().OpenVINODenoiser(onnx, **options)
+        return _construct(_openvino_backend().OpenVINODenoiser, onnx, options)
     if precision == "int8":
-        return _onnx_backend().OnnxRuntimeDenoiser(onnx, precision=precision, **options)
+        return _construct(_onnx_backend().OnnxRuntimeDenoiser, onnx, {**options, "precision": precision})
     if engine is not None:
-        return _tensorrt_backend(engine).TensorRTDenoiser(engine, **options)
+        return _construct(_tensorrt_backend(engine).TensorRTDenoiser, engine, options)
     if onnx is not None:
-        return _onnx_backend().OnnxRuntimeDenoiser(onnx, **options)
-    return _torch_backend().TorchDenoiser(ckpt, **options)
+        return _construct(_onnx_backend().OnnxRuntimeDenoiser, onnx, options)
+    return _construct(_torch_backend().TorchDenoiser, ckpt, options)
+
+
+def _construct(backend, path, options):
+    """backend(path, **options), refusing (ValueError, one line) options the backend does not take
+    (a TypeError naming a parameter otherwise, e.g. a plugin given to an ONNX model)."""
+    taken = [name for name in inspect.signature(backend.__init__).parameters if name not in ("self", "path")]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not an option of the {backend.name} backend (it takes "
+                         f"{', '.join(taken)})")
+    return backend(path, **options)
 
 
 def max_threads():
