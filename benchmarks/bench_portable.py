@@ -40,7 +40,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name, exit_code  # noqa: E402
 
 TOLERANCE = 1e-4
 BACKENDS = ("PyTorch eager", "ORT native", "ORT portable", "OpenVINO f32", "OpenVINO bf16")
@@ -211,11 +211,7 @@ def main(argv=None):
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}\n", flush=True)
     failures = []
     print(table(args, failures), flush=True)
-    if failures:
-        print(f"\noutput differs from PyTorch's by more than {TOLERANCE:g} (relative) or is NaN: " + "; ".join(failures),
-              file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(failures, TOLERANCE)
 
 
 if __name__ == "__main__":

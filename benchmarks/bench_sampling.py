@@ -90,7 +90,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name, exit_code  # noqa: E402
 from drwkv import _C  # noqa: E402
 from drwkv.model import MODEL_CONFIGS, build_model, read_checkpoint  # noqa: E402
 from drwkv.runtime import load_denoiser  # noqa: E402
@@ -400,11 +400,7 @@ def main(argv=None):
     print(call_table(args.ckpt, args, failures), flush=True)
     if args.profile:
         print("\n" + profile_report(args.ckpt, args), flush=True)
-    if failures:
-        print(f"\noutput differs from PyTorch's by more than {TOLERANCE:g} (relative) or is NaN: " + "; ".join(failures),
-              file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(failures, TOLERANCE)
 
 
 if __name__ == "__main__":

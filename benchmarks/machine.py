@@ -1,5 +1,6 @@
-"""What the benchmarks print about the machine they ran on."""
+"""What the benchmarks print about the machine they ran on, and how they end."""
 import platform
+import sys
 
 
 def cpu_name():
@@ -9,3 +10,12 @@ def cpu_name():
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"
+
+
+def exit_code(failures, tolerance):
+    """0, or 1 after one stderr line listing the outputs off PyTorch's by more than ``tolerance``."""
+    if not failures:
+        return 0
+    print(f"\noutput differs from PyTorch's by more than {tolerance:g} (relative) or is NaN: " + "; ".join(failures),
+          file=sys.stderr)
+    return 1
