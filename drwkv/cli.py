@@ -160,7 +160,8 @@ def run(args):
     settings = RunSettings(PROG, config["model"], os.path.basename(artifact), denoiser.name, args.sampler, args.steps,
                            args.eta, args.cfg_scale, args.clip_x0, args.seed, args.batch_size,
                            (images.shape[2], images.shape[1]), config.get("class_names") or (),
-                           int(config["num_classes"]) > 0, args.vae_decoder, args.vae_tile, args.vae_tile_overlap)
+                           int(config["num_classes"]) > 0, args.vae_decoder, args.vae_tile, args.vae_tile_overlap,
+                           args.precision)
     if grid:
         nrow = args.nrow or math.ceil(math.sqrt(len(images)))
         save_png(args.out, make_grid(images, nrow), settings.grid_text(labels, args.first_image, nrow))

@@ -4,7 +4,7 @@
 Two kinds of text chunk (``drwkv.png`` writes them):
 - ``drwkv.*``: one value each, what ``--info`` reads back: model, artifact (file name), backend,
   sampler, steps, eta, cfg_scale, clip_x0, seed, batch_size, and when given vae_decoder, vae_tile,
-  vae_tile_overlap. A grid adds classes (names), labels (indices, conditional models), first_image,
+  vae_tile_overlap, and precision when it is not fp32 (bf16 and int8 change the pixels). A grid adds classes (names), labels (indices, conditional models), first_image,
   num_images and nrow; one image of a folder adds index, class and label.
 - ``parameters``: one line of "Name: value" pairs as image viewers show it (``drwkv.png.parameters_line``).
 """
@@ -24,12 +24,14 @@ class RunSettings:
     the model takes classes (its PNGs then record labels and a Class field)."""
 
     def __init__(self, software, model, artifact, backend, sampler, steps, eta, cfg_scale, clip_x0, seed, batch_size,
-                 size, class_names=(), conditional=True, vae_decoder=None, vae_tile=None, vae_tile_overlap=None):
+                 size, class_names=(), conditional=True, vae_decoder=None, vae_tile=None, vae_tile_overlap=None,
+                 precision="fp32"):
         self.software, self.model, self.artifact, self.backend = software, model, artifact, backend
         self.sampler, self.steps, self.eta, self.cfg_scale, self.clip_x0 = sampler, steps, eta, cfg_scale, clip_x0
         self.seed, self.batch_size, self.size = seed, batch_size, size
         self.class_names, self.conditional = list(class_names), conditional
         self.vae = {"vae_decoder": vae_decoder, "vae_tile": vae_tile, "vae_tile_overlap": vae_tile_overlap}
+        self.precision = precision
 
     def class_name(self, label):
         return self.class_names[label] if label < len(self.class_names) else str(label)
@@ -41,6 +43,8 @@ class RunSettings:
                 "drwkv.seed": self.seed, "drwkv.batch_size": self.batch_size}
         # tiles change a latent model's pixels, so they are part of what makes the image
         text.update({f"drwkv.{key}": value for key, value in self.vae.items() if value is not None})
+        if self.precision != "fp32":
+            text["drwkv.precision"] = self.precision
         return text
 
     def parameters(self, classes):
@@ -97,7 +101,8 @@ def regenerate_command(text):
                              f"(known: {', '.join(BACKEND_FLAGS)})")
         args = [BACKEND_FLAGS[text["drwkv.backend"]], text["drwkv.artifact"], "--sampler", text["drwkv.sampler"],
                 "--steps", text["drwkv.steps"]]
-        args += ["--precision", "bf16"] if text["drwkv.backend"] == "openvino" else []  # OpenVINO runs bf16 only
+        if "drwkv.precision" in text:
+            args += ["--precision", text["drwkv.precision"]]
         if text["drwkv.sampler"] == "ddim":
             args += ["--eta", text["drwkv.eta"]]
         args += ["--cfg-scale", text["drwkv.cfg_scale"], "--seed", text["drwkv.seed"],

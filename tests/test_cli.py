@@ -133,3 +133,16 @@ def test_checkpoint_backend(tmp_path):
     image = Image.open(tmp_path / "g.png")
     assert image.text["drwkv.backend"] == "torch" and image.text["drwkv.classes"] == "dog,dog"
     assert np.asarray(image).shape == (8 + 4, 2 * 8 + 6, 3)
+
+
+def test_a_low_precision_run_records_its_precision_and_info_repeats_it(toy, tmp_path):
+    from drwkv.png import read_text
+    from drwkv.settings import regenerate_command
+
+    assert main(["--onnx", toy, "--precision", "int8", "--steps", "2", "--num-images", "2",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    command = regenerate_command(read_text(tmp_path / "g.png"))
+    assert command[command.index("--precision") + 1] == "int8"
+    assert main(["--onnx", toy, "--steps", "2", "--num-images", "2", "--out", str(tmp_path / "f.png")]) == 0
+    assert "drwkv.precision" not in read_text(tmp_path / "f.png") and "--precision" not in regenerate_command(
+        read_text(tmp_path / "f.png"))
