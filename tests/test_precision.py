@@ -149,3 +149,32 @@ def test_cli_errors_are_one_line_and_write_nothing(models, tmp_path, flags, code
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_quantized_matmul_in_onnx_runtime(reduce_range):
+    """One MatMul rewritten: int8 weights in [-127, 127] (7-bit, [-63, 63], for CPUs without VNNI),
+    a scale per output column, and ONNX Runtime's result near the float product."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from drwkv.runtime.ort_env import session_options
+    from drwkv.runtime.ort_quant import quantize_matmuls
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 32)) * np.linspace(0.1, 3, 32)).astype(np.float32)  # columns of unlike scales
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["out"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["B", "T", 64])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", "T", 32])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert quantize_matmuls(model, reduce_range=reduce_range) == 1
+    assert [n.op_type for n in model.graph.node] == ["DynamicQuantizeMatMul"]
+    q, scale = (numpy_helper.to_array(t) for t in model.graph.initializer)
+    levels = 63 if reduce_range else 127
+    assert q.dtype == np.int8 and np.abs(q).max() == levels and scale.shape == (32,)
+    assert np.abs(q * scale - w).max() <= scale.max() / 2 + 1e-6
+    session = ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+    a = rng.standard_normal((2, 8, 64)).astype(np.float32)
+    out = session.run(["out"], {"a": a})[0]
+    assert np.abs(out - a @ w).max() / np.abs(a @ w).max() < (0.04 if reduce_range else 0.02)

@@ -8,22 +8,37 @@ calibrated, so no file is derived from the model: the float32 ONNX file stays th
 
 Run after drwkv.runtime.ort_fusion.fuse, so that the fused patterns still match the graph's
 standard ops; only MatMul nodes change (Gemm nodes work on one row per image and stay float32).
+
+Without VNNI, x86's integer products (vpmaddubsw) add pairs of uint8 x int8 products in int16, which
+saturates for 255 * 127 * 2; there the weights get 7 bits (+-63), as ONNX Runtime's quantization tool
+advises (its reduce_range), at the cost of some precision.
 """
 import numpy as np
 
 CONTRIB_DOMAIN = "com.microsoft"
 
 
-def quantize_weight(w):
-    """float32 [K, N] -> (int8 [K, N], float32 scale [N]): per output column, symmetric."""
-    scale = np.abs(w).max(axis=0) / 127.0
+def has_vnni():
+    """Whether the CPU has VNNI (AVX512-VNNI or AVX-VNNI), read from /proc/cpuinfo; False when unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def quantize_weight(w, levels=127):
+    """float32 [K, N] -> (int8 [K, N] in [-levels, levels], float32 scale [N]): per output column, symmetric."""
+    scale = np.abs(w).max(axis=0) / levels
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero column: any scale
-    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
+    return np.clip(np.rint(w / scale), -levels, levels).astype(np.int8), scale
 
 
-def quantize_matmuls(model):
+def quantize_matmuls(model, reduce_range=None):
     """Rewrite (in place) every MatMul of a float32 input by a constant float32 2-D weight into a
-    DynamicQuantizeMatMul; -> how many. Weights no other node reads are dropped."""
+    DynamicQuantizeMatMul; -> how many. Weights no other node reads are dropped. reduce_range:
+    7-bit weights (default: when the CPU lacks VNNI)."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -32,6 +47,7 @@ def quantize_matmuls(model):
     for node in graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
+    levels = 63 if (not has_vnni() if reduce_range is None else reduce_range) else 127
     added, replaced = {}, set()
     count = 0
     for index, node in enumerate(graph.node):
@@ -40,7 +56,7 @@ def quantize_matmuls(model):
             continue
         name = weight.name
         if name not in added:
-            q, scale = quantize_weight(numpy_helper.to_array(weight))
+            q, scale = quantize_weight(numpy_helper.to_array(weight), levels)
             added[name] = (numpy_helper.from_array(q, f"{name}__int8"),
                            numpy_helper.from_array(scale, f"{name}__scale"))
         q, scale = added[name]
