@@ -25,6 +25,12 @@ eager fp32 and over torch.compile bf16, and the max relative error of the output
 eager fp32 (max |out - ref| / max |ref|, same inputs). Checkpoints and exports are cached in
 --work-dir.
 
+--profile BACKEND (ORT int8 or torch.compile bf16): where one call of that backend spends its time,
+in this process, at the first --models, --tokens and --batch-sizes, after two warm-up calls: ORT
+int8 as drwkv.runtime.ort_split.SplitSession (what load_denoiser builds) with profiling on, ms per
+op type (the native nodes as "native ..."); torch.compile bf16 under torch.profiler, self CPU ms
+per op. Profiling slows a call a little. Run it once per backend (each in its own process).
+
 --fidelity: the committed pretrained/fashion-mnist-drwkv-t4.pt exported to ONNX (default and
 portable) in a temporary folder, then drwkv.Pipeline at each precision, DDIM --steps (25), seed 0,
 --num-images (64): the PSNR of each precision's uint8 images against fp32's.
@@ -69,15 +75,16 @@ def inputs(batch, size, seed=0):
 # --- the models --------------------------------------------------------------------------------------
 
 def prepare(model, tokens, work_dir):
-    """A random checkpoint of ``model`` at ``tokens`` tokens and its exports -> (ckpt, onnx, portable onnx)."""
-    import torch
-
-    from drwkv.model import build_model
-    from export.to_onnx import export_onnx
-
+    """A random checkpoint of ``model`` at ``tokens`` tokens and its exports -> (ckpt, onnx, portable onnx).
+    torch is imported only to make them: once it has loaded OpenMP, drwkv's native kernels can no
+    longer have it wait passively (drwkv.runtime.ort_split), which --profile ORT int8 would measure."""
     size = math.isqrt(tokens) * 2
     base = os.path.join(work_dir, f"{model.replace('/', '-')}_{size}px")
     if not os.path.exists(base + ".pt"):
+        import torch
+
+        from drwkv.model import build_model
+
         config = {"model": model, "image_size": size, "in_channels": 3, "num_classes": 10, "learn_sigma": False}
         torch.manual_seed(0)
         net = build_model(config)
@@ -90,6 +97,8 @@ def prepare(model, tokens, work_dir):
     for portable in (False, True):
         path = base + ("_portable" if portable else "") + ".onnx"
         if not os.path.exists(path):
+            from export.to_onnx import export_onnx
+
             print(f"exporting {path} ...", file=sys.stderr, flush=True)
             export_onnx(base + ".pt", path, portable=portable)
     return base + ".pt", base + ".onnx", base + "_portable.onnx"
@@ -194,6 +203,52 @@ def speed(args):
     return 0
 
 
+def profile(args):
+    """The op table of one call of args.profile (see the module doc)."""
+    model, tokens, batch = args.models[0], args.tokens[0], args.batch_sizes[0]
+    ckpt, onnx_path, _ = prepare(model, tokens, args.work_dir)
+    x, t, y = inputs(batch, math.isqrt(tokens) * 2)
+    if args.profile == INT8:
+        import onnx
+
+        from drwkv.runtime.ort_split import SplitSession
+
+        session = SplitSession(onnx.load(onnx_path), intra_op_threads=args.threads, int8=True, profile=True)
+
+        def call():
+            session.run(["out"], {"x": x, "t": t, "y": y})
+    else:
+        import torch
+
+        compiled = load(COMPILED, ckpt, onnx_path, None, args.threads)
+
+        def call():
+            compiled(x, t, y)
+    call()
+    call()
+    if args.profile == INT8:
+        start = time.perf_counter()
+        call()
+        wall_ms = 1e3 * (time.perf_counter() - start)
+        times = session.op_times()
+    else:
+        with torch.profiler.profile() as prof:
+            start = time.perf_counter()
+            call()
+            wall_ms = 1e3 * (time.perf_counter() - start)
+        times = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+    ranked = sorted(times.items(), key=lambda item: -item[1])
+    print(f"# {args.profile}: {model}, {tokens} tokens, batch {batch}, {args.threads} threads, {cpu_name()}: "
+          f"{wall_ms:.0f} ms in the profiled call\n\n| op | ms | % of call |\n|---|---:|---:|")
+    for op, ms in ranked[:12]:
+        print(f"| {op} | {ms:.1f} | {100 * ms / wall_ms:.1f}% |")
+    rest = sum(ms for _, ms in ranked[12:])
+    print(f"| the other {len(ranked[12:])} ops | {rest:.1f} | {100 * rest / wall_ms:.1f}% |")
+    outside = wall_ms - sum(times.values())
+    print(f"| outside the ops | {outside:.1f} | {100 * outside / wall_ms:.1f}% |")
+    return 0
+
+
 def fidelity(args):
     """PSNR of each precision's images against fp32's, on the pretrained Fashion-MNIST model."""
     from drwkv import Pipeline
@@ -225,6 +280,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "bench_precision"))
     p.add_argument("--fidelity", action="store_true", help="the PSNR table instead of the speed table")
+    p.add_argument("--profile", choices=(INT8, COMPILED), help="the op table of one call of this backend")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--num-images", type=int, default=64)
     p.add_argument("--worker", nargs=4, metavar=("BACKEND", "CKPT", "ONNX", "PORTABLE"), help=argparse.SUPPRESS)
@@ -240,6 +296,8 @@ def main(argv=None):
     if args.worker:
         worker(*args.worker, args.threads, args.size)
         return 0
+    if args.profile:
+        return profile(args)
     return fidelity(args) if args.fidelity else speed(args)
 
 
