@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import math
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -134,10 +135,12 @@ def check_sample_steps(steps, config):
 
 
 @torch.no_grad()
-def generate(model, config, labels, steps, cfg_scale, seed, batch_size=100, vae=None, device="cpu", progress=False):
-    """Images float32 [N, C, H, W] in [-1, 1] of classes ``labels`` (int64 [N]) from ``model`` through the
-    runtime's DDIM sampler (eta 0; x0 clipped for pixel models only); latents are decoded by ``vae``."""
-    denoiser = TorchDenoiser.from_model(model, config, device)
+def generate(model, config, labels, steps, cfg_scale, seed, batch_size=100, vae=None, device="cpu", progress=False,
+             denoiser=None):
+    """Images float32 [N, C, H, W] in [-1, 1] of classes ``labels`` (int64 [N]) from ``model`` (or from
+    ``denoiser``, a drwkv.runtime Denoiser of it) through the runtime's DDIM sampler (eta 0; x0 clipped
+    for pixel models only); latents are decoded by ``vae``."""
+    denoiser = denoiser or TorchDenoiser.from_model(model, config, device)
     sampler = make_sampler("ddim", Schedule.from_config(config), steps, clip_x0="latent" not in config)
     out = []
     for i in tqdm(range(0, len(labels), batch_size), desc="sampling", disable=not progress):
@@ -164,6 +167,10 @@ def main():
     parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "drwkv"),
                         help="where the reference classifier is cached")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
+                        help="sample through the checkpoint's ONNX export at this CPU precision, as drwkv-infer "
+                             "--precision does (exported to a temporary folder; --portable for bf16); "
+                             "default: the PyTorch model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,7 +205,17 @@ def main():
     x_train, y_train = load_dataset(dataset, image_size, "train", args.data_dir)[:2]
     chosen = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:args.num_samples]
     labels = y_train[chosen].long()
-    samples = generate(model, config, labels, args.steps, args.cfg_scale, args.seed, args.batch_size, vae, progress=True)
+    with tempfile.TemporaryDirectory() as folder:
+        denoiser = None
+        if args.precision:
+            from drwkv.runtime import load_denoiser
+            from export.to_onnx import export_onnx
+
+            path = os.path.join(folder, "model.onnx")
+            export_onnx(args.checkpoint, path, portable=args.precision == "bf16")
+            denoiser = load_denoiser(onnx=path, precision=args.precision, intra_op_threads=args.threads or None)
+        samples = generate(model, config, labels, args.steps, args.cfg_scale, args.seed, args.batch_size, vae,
+                           progress=True, denoiser=denoiser)
     feats, preds = embed(classifier, samples)
     mu_ref, sigma_ref = ref["test_mu"].numpy(), ref["test_sigma"].numpy()
     fid = frechet_distance(*gaussian_stats(feats), mu_ref, sigma_ref)
@@ -215,7 +232,8 @@ def main():
         ("checkpoint", args.checkpoint),
         ("model", f"{config['model']} on {dataset} {image_size}px"
                   + (f" through the VAE {folder}" if vae is not None else "")),
-        ("sampling", f"{args.num_samples} samples, DDIM {args.steps} steps, CFG {args.cfg_scale}, seed {args.seed}"),
+        ("sampling", f"{args.num_samples} samples, DDIM {args.steps} steps, CFG {args.cfg_scale}, seed {args.seed}"
+                     + (f", ONNX export at {args.precision}" if args.precision else ", PyTorch")),
         ("FID (samples vs test split)", f"{fid:.2f}"),
         (f"FID ({args.num_samples} real train images)", f"{fid_real:.2f}"),
         *([(f"FID (the same {args.num_samples}, through the VAE)", f"{fid_vae:.2f}")] if vae is not None else []),
