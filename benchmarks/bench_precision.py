@@ -22,8 +22,8 @@ its own, loaded once; the parent asks each in turn for one call per round (--rep
 one warm-up call each per batch size) and reports each one's best. Interleaving exposes every
 backend to the same drift of a shared machine. Columns: ms per call, the speed-up over PyTorch
 eager fp32 and over torch.compile bf16, and the max relative error of the output against PyTorch
-eager fp32 (max |out - ref| / max |ref|, same inputs). Checkpoints and exports are cached in
---work-dir.
+eager fp32 (max |out - ref| / max |ref|, same inputs); the script exits with status 1 if ORT fp32's
+exceeds 1e-5. Checkpoints and exports are cached in --work-dir.
 
 --profile BACKEND (ORT int8 or torch.compile bf16): where one call of that backend spends its time,
 in this process, at the first --models, --tokens and --batch-sizes, after two warm-up calls: ORT
@@ -49,11 +49,12 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name, exit_code  # noqa: E402
 
 EAGER, COMPILED, ORT, INT8, OPENVINO = "PyTorch eager fp32", "torch.compile bf16", "ORT fp32", "ORT int8", \
     "OpenVINO bf16"
 BACKENDS = (EAGER, COMPILED, ORT, INT8, OPENVINO)
+TOLERANCE = 1e-5  # ORT fp32 against PyTorch eager fp32 (the script exits with status 1 beyond it)
 PRETRAINED = os.path.join(REPO, "pretrained", "fashion-mnist-drwkv-t4.pt")
 
 
@@ -176,6 +177,7 @@ def speed(args):
     print("\n| model | tokens | batch | backend | ms/call | vs eager fp32 | vs compile bf16 | max rel err vs fp32 |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     os.makedirs(args.work_dir, exist_ok=True)
+    failures = []  # ORT fp32 must stay exact
     for model in args.models:
         for tokens in args.tokens:
             paths = prepare(model, tokens, args.work_dir)
@@ -197,10 +199,12 @@ def speed(args):
                         err = relative_error(np.load(outs[w.backend]), reference) if reference is not None else math.nan
                         print(f"| {model} | {tokens} | {batch} | {w.backend} | {ms:.0f} | {ratio(EAGER)} | "
                               f"{ratio(COMPILED)} | {err:.1e} |", flush=True)
+                        if w.backend == ORT and not err <= TOLERANCE:
+                            failures.append(f"{model}, {tokens} tokens, batch {batch}, {ORT}: {err:.2e}")
             finally:
                 for w in workers:
                     w.close()
-    return 0
+    return exit_code(failures, TOLERANCE)
 
 
 def profile(args):
