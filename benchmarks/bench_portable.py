@@ -41,6 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks.machine import cpu_name, exit_code  # noqa: E402
+from benchmarks.models import write_random_checkpoint  # noqa: E402
 
 TOLERANCE = 1e-4
 BACKENDS = ("PyTorch eager", "ORT native", "ORT portable", "OpenVINO f32", "OpenVINO bf16")
@@ -48,9 +49,7 @@ BACKENDS = ("PyTorch eager", "ORT native", "ORT portable", "OpenVINO f32", "Open
 
 def checkpoint(model, tokens, in_channels, work_dir):
     """A random checkpoint of ``model`` at ``tokens`` tokens (cached) -> (path, config)."""
-    import torch
-
-    from drwkv.model import MODEL_CONFIGS, build_model
+    from drwkv.model import MODEL_CONFIGS
 
     config = {"model": model, "image_size": math.isqrt(tokens) * MODEL_CONFIGS[model]["patch_size"],
               "in_channels": in_channels, "num_classes": 10, "learn_sigma": True, "dataset": "random",
@@ -59,13 +58,7 @@ def checkpoint(model, tokens, in_channels, work_dir):
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     path = os.path.join(work_dir, f"random_{model.replace('/', '-')}_{tokens}_{key}.pt")
     if not os.path.exists(path):
-        torch.manual_seed(0)
-        net = build_model(config)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-        state = net.state_dict()
-        torch.save({"format": "drwkv-checkpoint", "version": 1, "config": config, "model": state, "ema": state}, path)
+        write_random_checkpoint(config, path)
     return path, config
 
 

@@ -50,6 +50,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks.machine import cpu_name, exit_code  # noqa: E402
+from benchmarks.models import write_random_checkpoint  # noqa: E402
 
 EAGER, COMPILED, ORT, INT8, OPENVINO = "PyTorch eager fp32", "torch.compile bf16", "ORT fp32", "ORT int8", \
     "OpenVINO bf16"
@@ -82,19 +83,8 @@ def prepare(model, tokens, work_dir):
     size = math.isqrt(tokens) * 2
     base = os.path.join(work_dir, f"{model.replace('/', '-')}_{size}px")
     if not os.path.exists(base + ".pt"):
-        import torch
-
-        from drwkv.model import build_model
-
-        config = {"model": model, "image_size": size, "in_channels": 3, "num_classes": 10, "learn_sigma": False}
-        torch.manual_seed(0)
-        net = build_model(config)
-        with torch.no_grad():  # no zero-initialised (identity) blocks
-            for p in net.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-        state = net.state_dict()
-        torch.save({"format": "drwkv-checkpoint", "version": 1, "config": config, "model": state, "ema": state},
-                   base + ".pt")
+        write_random_checkpoint({"model": model, "image_size": size, "in_channels": 3, "num_classes": 10,
+                                 "learn_sigma": False}, base + ".pt")
     for portable in (False, True):
         path = base + ("_portable" if portable else "") + ".onnx"
         if not os.path.exists(path):

@@ -91,8 +91,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import torch  # noqa: E402
 
 from benchmarks.machine import cpu_name, exit_code  # noqa: E402
+from benchmarks.models import write_random_checkpoint  # noqa: E402
 from drwkv import _C  # noqa: E402
-from drwkv.model import MODEL_CONFIGS, build_model, read_checkpoint  # noqa: E402
+from drwkv.model import MODEL_CONFIGS, read_checkpoint  # noqa: E402
 from drwkv.runtime import load_denoiser  # noqa: E402
 from drwkv.samplers import make_sampler, sample  # noqa: E402
 from drwkv.schedule import Schedule  # noqa: E402
@@ -131,13 +132,7 @@ def random_checkpoint(ckpt, tokens, work_dir):
     name = f"random_{config['model'].replace('/', '-')}_{config['image_size']}px_{key}.pt"
     path = os.path.join(work_dir, name)
     if not os.path.exists(path):
-        torch.manual_seed(0)
-        model = build_model(config)
-        with torch.no_grad():  # no zero-initialised (identity) blocks
-            for p in model.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-        state = model.state_dict()
-        torch.save({"format": "drwkv-checkpoint", "version": 1, "config": config, "model": state, "ema": state}, path)
+        write_random_checkpoint(config, path)
     return path, config
 
 
