@@ -48,12 +48,10 @@ def load_denoiser(engine=None, onnx=None, ckpt=None, precision="fp32", **options
             check_threads(options[name])
     if precision == "bf16":
         return _construct(_openvino_backend().OpenVINODenoiser, onnx, options)
-    if precision == "int8":
-        return _construct(_onnx_backend().OnnxRuntimeDenoiser, onnx, {**options, "precision": precision})
     if engine is not None:
         return _construct(_tensorrt_backend(engine).TensorRTDenoiser, engine, options)
-    if onnx is not None:
-        return _construct(_onnx_backend().OnnxRuntimeDenoiser, onnx, options)
+    if onnx is not None:  # fp32 or int8
+        return _construct(_onnx_backend().OnnxRuntimeDenoiser, onnx, {**options, "precision": precision})
     return _construct(_torch_backend().TorchDenoiser, ckpt, options)
 
 

@@ -87,9 +87,9 @@ def _check_finite(model, path):
     for tensor in model.graph.initializer:
         if tensor.data_type not in FLOAT_TYPES:
             continue
-        values = numpy_helper.to_array(tensor)
-        if not np.isfinite(values).all():
-            bad = int(values.size - np.isfinite(values).sum())
+        finite = np.isfinite(numpy_helper.to_array(tensor))
+        if not finite.all():
+            bad = int(finite.size - finite.sum())
             raise ArtifactError(f"{path}: the weight {tensor.name} has {bad} non-finite value{'s' * (bad > 1)} "
                                 f"(NaN or Inf): the model is damaged")
 

@@ -16,7 +16,7 @@ one exists.
 import threading
 
 _lock = threading.Lock()
-_pool_threads = None    # the global pool's size as drwkv made it (0: ORT's default); -1: made by the application
+_pool_made = False      # whether the global pool exists (made here, or by the application before)
 _shared_arena = False
 
 
@@ -24,16 +24,16 @@ def session_options(threads=None, env_allocators=False):
     """SessionOptions on the shared thread pool (see the module doc), workers not spinning while
     idle (drwkv's native kernels run their own threads in between). env_allocators: allocate from
     the process's shared CPU arena (see ``register_shared_arena``)."""
-    global _pool_threads
+    global _pool_made
     import onnxruntime as ort
 
     with _lock:
-        if _pool_threads is None:
+        if not _pool_made:
             try:
                 ort.set_global_thread_pool_sizes(int(threads or 0), 1)
-                _pool_threads = int(threads or 0)
             except Exception:  # onnxruntime's own error: "Global thread pools have already been created"
-                _pool_threads = -1
+                pass
+            _pool_made = True
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.use_per_session_threads = False
@@ -41,12 +41,6 @@ def session_options(threads=None, env_allocators=False):
         register_shared_arena()
         options.add_session_config_entry("session.use_env_allocators", "1")
     return options
-
-
-def pool_threads():
-    """The shared pool's thread count as drwkv created it (0: ONNX Runtime's default), None before the
-    first session, -1 when the application made the pool."""
-    return _pool_threads
 
 
 def register_shared_arena():
