@@ -26,7 +26,7 @@ numpy out):
                            session; every BiWKV node goes through onnxruntime-extensions' Python op
                            bridge, which takes the GIL and copies its inputs and output once.
   ORT portable             the --portable export (standard ops only, the Bi-WKV linear in tokens:
-                           export.portable), loaded as the native path is (no BiWKV nodes in it).
+                           drwkv.runtime.portable), loaded as the native path is (no BiWKV nodes in it).
 
 Table 1 (--skip-sampling leaves it out): DDIM sampling with the checkpoint itself (default batch
 16, 20 steps, no guidance). Columns: tokens of the model, ms per sampler step, images/s, the

@@ -51,7 +51,7 @@ def build_parser():
                           "kernels, or torch's; default: the runtime's own choice, all cores)")
     src.add_argument("--precision", choices=PRECISIONS, default="fp32",
                      help="with --onnx: the CPU matrix products' precision: fp32 (exact; default), bf16 (OpenVINO, "
-                          "the --portable export, CPUs with AVX512-BF16 or AMX) or int8 (ONNX Runtime, weights "
+                          "CPUs with AVX512-BF16 or AMX) or int8 (ONNX Runtime, weights "
                           "quantized when the model loads)")
     v = p.add_argument_group("VAE decoder (latent models)")
     v.add_argument("--vae-decoder", metavar="PATH",

@@ -19,7 +19,7 @@ parts stay float32: the sinusoidal timestep embedding (t reaches 999, beyond flo
 for the phases) and the operator's w/u parameters, which the operator takes as float32.
 
 --portable: the Bi-WKV is written in standard ONNX ops so that any ONNX runtime can run the graph
-(export.portable): sums over chunks of sqrt(T) tokens with CumSum and an N x N matrix of chunk
+(drwkv.runtime.portable): sums over chunks of sqrt(T) tokens with CumSum and an N x N matrix of chunk
 carries, every exponential anchored at a maximum; O(B*T*C) time and memory, in float32 (also under
 --dtype fp16: the model casts k and v to float32 for the operator). Against the float64 formula it
 is within 1e-5 relative (typically 1e-6) for |spatial_decay| <= 100 and 2 L |w| + |u| <= 60 (w, u:
@@ -46,6 +46,7 @@ import sys
 from drwkv import known_warnings
 from drwkv.files import atomic_write, check_writable
 from drwkv.runtime.base import decoder_path, describe_size
+from drwkv.runtime.portable import check_range, expand_bi_wkv
 from drwkv.runtime.onnx import (BIWKV_DOMAIN, BIWKV_OP, CONFIG_KEY, DECODER_FILE_KEY, DECODER_FORMAT, FORMAT,
                                 FORMAT_KEY, PLUGIN_VERSION, VAE_SHA256_KEY)
 
@@ -74,22 +75,19 @@ def _register_bi_wkv_schema():
     defs.register_schema(schema)
 
 
-def _translation(portable):
-    """{torch op: onnxscript function} replacing drwkv::bi_wkv_inference, and drwkv::bi_wkv_forward
-    should a graph be traced with gradients on (it returns (y, lse); lse is a training by-product
-    that inference never reads, so y stands in for it)."""
+def _translation():
+    """{torch op: onnxscript function} replacing drwkv::bi_wkv_inference by the BiWKV node, and
+    drwkv::bi_wkv_forward should a graph be traced with gradients on (it returns (y, lse); lse is a
+    training by-product that inference never reads, so y stands in for it)."""
     import onnxscript
     import torch
 
     import drwkv.ops  # noqa: F401  (registers torch.ops.drwkv.bi_wkv_*)
-    from export.portable import bi_wkv as bi_wkv_portable
 
     custom = onnxscript.values.Opset(BIWKV_DOMAIN, 1)
 
-    def bi_wkv_node(w, u, k, v):
+    def bi_wkv(w, u, k, v):
         return custom.BiWKV(w, u, k, v, plugin_version=PLUGIN_VERSION)
-
-    bi_wkv = bi_wkv_portable if portable else bi_wkv_node
 
     def bi_wkv_with_lse(w, u, k, v):
         y = bi_wkv(w, u, k, v)
@@ -224,8 +222,7 @@ def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False, vae=None, vae
     check_writable(out_path, "the ONNX file")  # before the export's minutes, not after
     config, model = load_checkpoint(ckpt_path)  # the EMA weights
     if portable:
-        from export.portable import check_model
-        check_model(model)  # its decays within the range the portable graph is exact for
+        _check_portable_range(model)  # before the export's minutes; expand_bi_wkv checks the graph again
     vae_folder, _ = find_vae(config, ckpt_path, vae, force)
     if vae_folder is None and vae_dtype != "fp32":
         raise ValueError(f"--vae-dtype applies to the VAE decoder, and {ckpt_path} has none at hand"
@@ -245,7 +242,7 @@ def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False, vae=None, vae
         program = torch.onnx.export(
             model, example, dynamo=True, opset_version=OPSET, input_names=["x", "t", "y"], output_names=["out"],
             dynamic_shapes={"x": {0: batch}, "t": {0: batch}, "y": {0: batch}},
-            custom_translation_table=_translation(portable), optimize=True, verbose=False)
+            custom_translation_table=_translation(), optimize=True, verbose=False)
     proto = program.model_proto
 
     graph = proto.graph
@@ -255,6 +252,10 @@ def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False, vae=None, vae
         _bypass_float32_casts(graph)
     _declare_bi_wkv_outputs(graph)
     count = sum(n.domain == BIWKV_DOMAIN for n in proto.graph.node)
+    if count != _num_blocks(model):
+        raise RuntimeError(f"expected one BiWKV node per block ({_num_blocks(model)}), the graph has {count}")
+    if portable:
+        expand_bi_wkv(proto)  # in float32: the model casts k and v to float32 for the operator
     meta = {FORMAT_KEY: FORMAT, CONFIG_KEY: json.dumps(config, sort_keys=True),
             "drwkv.dtype": dtype, "drwkv.bi_wkv": "portable" if portable else f"{BIWKV_DOMAIN}::{BIWKV_OP}"}
     if decoder is not None:
@@ -263,8 +264,6 @@ def export_onnx(ckpt_path, out_path, dtype="fp32", portable=False, vae=None, vae
     _set_metadata(proto, meta)
     import onnx
     onnx.checker.check_model(proto, full_check=True)
-    if not portable and count != _num_blocks(model):
-        raise RuntimeError(f"expected one BiWKV node per block ({_num_blocks(model)}), the graph has {count}")
 
     _save(proto, out_path)
     if decoder is not None:
@@ -368,6 +367,21 @@ def _save(proto, out_path):
 def _num_blocks(model):
     from drwkv.model import SpatialMix
     return sum(isinstance(m, SpatialMix) for m in model.modules())
+
+
+def _check_portable_range(model):
+    """check_range for every block of a DRWKV model at its own token count (w = decay / T, u = first / T)."""
+    from drwkv.model import SpatialMix
+
+    tokens = model.grid ** 2
+    blocks = [m for m in model.modules() if isinstance(m, SpatialMix)]
+    for i, block in enumerate(blocks):
+        w = (block.spatial_decay.detach().float() / tokens).numpy()
+        u = (block.spatial_first.detach().float() / tokens).numpy()
+        try:
+            check_range(w, u, tokens, f"block {i}")
+        except ValueError as e:
+            raise ValueError(f"{e}: export without --portable") from None
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ libdrwkv_trt_plugin.so, see drwkv.runtime.tensorrt.find_plugin_library) is loade
 network is strongly typed: layer precision comes from the graph's types, so an fp16 engine is
 built from an fp16 export (``--dtype fp16``), and no builder precision flags are set.
 
---portable builds from the portable export (``python -m export.to_onnx --portable``, export.portable):
+--portable builds from the portable export (``python -m export.to_onnx --portable``, drwkv.runtime.portable):
 its Bi-WKV is standard ONNX ops that the parser imports itself, so no plugin library is needed or
 loaded. A checkpoint source is exported that way; an ONNX source must be such an export. (A graph
 without BiWKV nodes never loads the plugin, flag or not.)

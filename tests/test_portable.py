@@ -1,6 +1,6 @@
-"""export.portable: the Bi-WKV in standard ONNX ops, linear in tokens.
+"""drwkv.runtime.portable: the Bi-WKV in standard ONNX ops, linear in tokens.
 
-The operator alone, exported once with dynamic B, T and C, runs in plain ONNX Runtime (no custom
+The operator alone, a BiWKV node expanded once with dynamic B, T and C, runs in plain ONNX Runtime (no custom
 op registered) against a float64 reference, with the error measured as tests/test_bi_wkv.py does:
 |y - y_ref| / (the reference applied to |v|), NaN failing. Then the range check, portable DRWKV
 models at 1024, 4096 and 16384 tokens against PyTorch (ONNX Runtime, and OpenVINO where it is
@@ -11,13 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
 from conftest import write_random_checkpoint  # noqa: E402
 
 from drwkv.ops import bi_wkv_reference  # noqa: E402
-from export import portable, to_onnx, to_trt  # noqa: E402
+from drwkv.runtime import portable  # noqa: E402
+from export import to_onnx, to_trt  # noqa: E402
 
 #: The ONNX operators TensorRT's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10.0).
 TENSORRT_OPS = set("""
@@ -79,27 +79,30 @@ def plain_session(path):
     return ort.InferenceSession(str(path), session_options(threads=2), providers=["CPUExecutionProvider"])
 
 
-class BiWKV(torch.nn.Module):
-    def forward(self, w, u, k, v):
-        from drwkv.ops import bi_wkv
-        return bi_wkv(w, u, k, v)
+def bi_wkv_graph(T="T", elem_type=onnx.TensorProto.FLOAT, w=None, u=None):
+    """One drwkv::BiWKV node, w and u graph inputs (or initializers when given), k and v [B, T, C]
+    of ``elem_type``, as the export writes it."""
+    from onnx import helper, numpy_helper
+
+    tokens = [helper.make_tensor_value_info(name, elem_type, ["B", T, "C"]) for name in ("k", "v")]
+    params = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["C"]) for name in ("w", "u")]
+    initializers = [numpy_helper.from_array(np.asarray(x, np.float32), name) for name, x in (("w", w), ("u", u))
+                    if x is not None]
+    node = helper.make_node("BiWKV", ["w", "u", "k", "v"], ["y"], name="bi_wkv_0", domain="drwkv",
+                            plugin_version="1")
+    graph = helper.make_graph([node], "bi_wkv", ([] if initializers else params) + tokens,
+                              [helper.make_tensor_value_info("y", elem_type, ["B", T, "C"])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", to_onnx.OPSET),
+                                                   helper.make_opsetid("drwkv", 1)])
 
 
 @pytest.fixture(scope="module")
 def op_session(tmp_path_factory):
     """The portable graph of the operator alone, B, T and C dynamic, in a plain ONNX Runtime session."""
     path = tmp_path_factory.mktemp("portable_op") / "bi_wkv.onnx"
-    batch, tokens, channels = torch.export.Dim("B"), torch.export.Dim("T", max=1 << 20), torch.export.Dim("C")
-    example = (torch.randn(5), torch.randn(5), torch.randn(2, 6, 5), torch.randn(2, 6, 5))
-    with torch.no_grad():
-        program = torch.onnx.export(
-            BiWKV(), example, dynamo=True, opset_version=to_onnx.OPSET, input_names=["w", "u", "k", "v"],
-            output_names=["y"], dynamic_shapes={"w": {0: channels}, "u": {0: channels},
-                                                "k": {0: batch, 1: tokens, 2: channels},
-                                                "v": {0: batch, 1: tokens, 2: channels}},
-            custom_translation_table={torch.ops.drwkv.bi_wkv_inference.default: portable.bi_wkv}, optimize=True,
-            verbose=False)
-    model = program.model_proto
+    model = bi_wkv_graph()
+    assert portable.expand_bi_wkv(model) == 1
+    assert [o.domain for o in model.opset_import] == [""]
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
     return model, plain_session(path)
@@ -178,10 +181,38 @@ def test_range_check_is_one_line():
     with pytest.raises(ValueError, match=r"^block 2: the portable Bi-WKV is exact for \|w\| T <= 100 and "
                                          r"2 L \|w\| \+ \|u\| <= 60 .*here they reach 200 and"):
         portable.check_range([0.0, 200.0 / 4096], [0.0, 0.0], 4096, "block 2")
-    with pytest.raises(ValueError, match="here they reach 0 and 61: export without --portable$"):
+    with pytest.raises(ValueError, match="here they reach 0 and 61$"):
         portable.check_range([0.0], [61.0], 1, "block 0")
-    with pytest.raises(ValueError, match="export without --portable"):
+    with pytest.raises(ValueError, match="here they reach nan"):
         portable.check_range([np.nan], [0.0], 16, "block 0")
+
+
+def test_expansion_checks_constant_decays_at_the_declared_tokens():
+    C = 4
+    inside = bi_wkv_graph(T=1024, w=np.full(C, 90.0 / 1024), u=np.zeros(C))
+    assert portable.expand_bi_wkv(inside) == 1
+    outside = bi_wkv_graph(T=1024, w=np.full(C, 120.0 / 1024), u=np.zeros(C))
+    with pytest.raises(ValueError, match=r"^BiWKV node bi_wkv_0: the portable Bi-WKV is exact .*T = 1024 tokens"):
+        portable.expand_bi_wkv(outside)
+    assert [n.op_type for n in outside.graph.node] == ["BiWKV"]  # left as it was
+    undeclared = bi_wkv_graph(T="T", w=np.zeros(C), u=np.zeros(C))
+    with pytest.raises(ValueError, match="its token count is not declared"):
+        portable.expand_bi_wkv(undeclared)
+
+
+def test_expansion_of_float16_tokens_computes_in_float32(op_session, tmp_path):
+    model = bi_wkv_graph(elem_type=onnx.TensorProto.FLOAT16)
+    portable.expand_bi_wkv(model)
+    onnx.checker.check_model(model, full_check=True)
+    cumsums = [n for n in model.graph.node if n.op_type == "CumSum"]
+    casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast"}
+    assert casts["y"].attribute[0].i == onnx.TensorProto.FLOAT16
+    onnx.save(model, tmp_path / "half.onnx")
+    w, u, k, v = inputs(2, 50, 6, seed=4, k_max=5.0)
+    k, v = k.astype(np.float16), v.astype(np.float16)
+    y = plain_session(tmp_path / "half.onnx").run(["y"], {"w": w, "u": u, "k": k, "v": v})[0]
+    assert y.dtype == np.float16 and len(cumsums) == 4
+    np.testing.assert_allclose(y.astype(np.float32), run_op(op_session, w, u, k, v), rtol=0, atol=2e-3)
 
 
 # --- whole models ----------------------------------------------------------------------------------

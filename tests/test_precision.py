@@ -1,5 +1,5 @@
 """precision on the CPU: fp32 (exact), int8 (ONNX Runtime, drwkv.runtime.ort_quant) and bf16
-(OpenVINO on the portable export, drwkv.runtime.openvino), end to end through drwkv.Pipeline on a
+(OpenVINO, drwkv.runtime.openvino), end to end through drwkv.Pipeline on a
 tiny exported model, judged by the PSNR of their uint8 images against fp32's; and the one-line
 errors for a precision the artifact, the backend or the CPU lacks."""
 import os
@@ -40,6 +40,20 @@ def models(tmp_path_factory):
     to_onnx.export_onnx(ckpt, folder / "model.onnx")
     to_onnx.export_onnx(ckpt, folder / "portable.onnx", portable=True)
     return ckpt, folder / "model.onnx", folder / "portable.onnx"
+
+
+@pytest.fixture(scope="module")
+def wide_decays(models, tmp_path_factory):
+    """The default export of the model with one block's spatial_decay at 150, past the range the
+    portable Bi-WKV is exact in (|w| T <= 100)."""
+    folder = tmp_path_factory.mktemp("wide")
+    ckpt = torch.load(models[0], weights_only=False)
+    for state in (ckpt["model"], ckpt["ema"]):
+        name = next(n for n in state if n.endswith("spatial_decay"))
+        state[name] = torch.full_like(state[name], 150.0)
+    torch.save(ckpt, folder / "ckpt.pt")
+    to_onnx.export_onnx(folder / "ckpt.pt", folder / "model.onnx")
+    return folder / "model.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -85,24 +99,33 @@ def test_int8_in_one_session(models):
     assert np.abs(split - whole).max() / np.abs(whole).max() <= 1e-5
 
 
-def test_bf16_through_the_pipeline(models, fp32_images):
+def test_bf16_through_the_pipeline_from_either_export(models, fp32_images):
+    """The default export's BiWKV nodes are expanded to the portable ops in memory: the same images
+    as the portable export's, and the file left as it was."""
     why_not = bf16_unavailable()
     if why_not:
         pytest.skip(why_not)
-    pipe = drwkv.Pipeline.load(models[2], precision="bf16", intra_op_threads=1)
-    # The token MatMuls: 7 per block, 3 skip Linears, the head; the per-image Gemms stay float32.
-    assert pipe.denoiser.name == "openvino" and pipe.denoiser.bf16_products == 7 * 7 + 3 + 1
-    images = pipe(**RUN)
-    assert not np.array_equal(images, fp32_images)
-    assert psnr(images, fp32_images) >= MIN_PSNR["bf16"]
+    default_bytes = models[1].read_bytes()
+    images = {}
+    for path in models[1:]:
+        pipe = drwkv.Pipeline.load(path, precision="bf16", intra_op_threads=1)
+        # The token MatMuls: 7 per block, 3 skip Linears, the head; the per-image Gemms stay float32.
+        assert pipe.denoiser.name == "openvino" and pipe.denoiser.bf16_products == 7 * 7 + 3 + 1
+        images[path] = pipe(**RUN)
+    assert models[1].read_bytes() == default_bytes
+    np.testing.assert_array_equal(images[models[1]], images[models[2]])
+    assert not np.array_equal(images[models[1]], fp32_images)
+    assert psnr(images[models[1]], fp32_images) >= MIN_PSNR["bf16"]
 
 
-def test_bf16_needs_the_portable_export(models):
-    if bf16_unavailable() == "OpenVINO is not installed":
-        pytest.skip("OpenVINO is not installed")
-    with pytest.raises(ArtifactError, match="takes the portable export") as e:
-        load_denoiser(onnx=models[1], precision="bf16")
+def test_bf16_refuses_decays_outside_the_portable_range(wide_decays):
+    if bf16_unavailable():
+        pytest.skip(bf16_unavailable())
+    with pytest.raises(ArtifactError, match=r"BiWKV node .*: the portable Bi-WKV is exact for .*; precision bf16 "
+                                            r"needs it, use fp32 or int8$") as e:
+        load_denoiser(onnx=wide_decays, precision="bf16")
     assert "\n" not in str(e.value)
+    load_denoiser(onnx=wide_decays, precision="int8")  # the native kernel takes any decay
 
 
 def test_bf16_without_openvino_says_what_to_install(models, monkeypatch):
@@ -134,14 +157,14 @@ def test_int8_refuses_other_providers(models):
 @pytest.mark.parametrize("flags, code, message", [
     (["--onnx", "{onnx}", "--precision", "fp16"], 2, "argument --precision: invalid choice: 'fp16'"),
     (["--ckpt", "{ckpt}", "--precision", "int8"], 2, "--precision int8 applies to --onnx"),
-    (["--onnx", "{onnx}", "--precision", "bf16"], 1, "precision bf16 runs in OpenVINO"),
+    (["--onnx", "{wide}", "--precision", "bf16"], 1, "the portable Bi-WKV is exact for"),
 ])
-def test_cli_errors_are_one_line_and_write_nothing(models, tmp_path, flags, code, message):
-    if "bf16" in flags and bf16_unavailable() == "OpenVINO is not installed":
-        pytest.skip("OpenVINO is not installed")
+def test_cli_errors_are_one_line_and_write_nothing(models, wide_decays, tmp_path, flags, code, message):
+    if "bf16" in flags and bf16_unavailable():
+        pytest.skip(bf16_unavailable())
     ckpt, onnx_path, _ = models
     out = tmp_path / "samples.png"
-    argv = [f.format(onnx=onnx_path, ckpt=ckpt) for f in flags]
+    argv = [f.format(onnx=onnx_path, ckpt=ckpt, wide=wide_decays) for f in flags]
     argv += ["--num-images", "2", "--steps", "2", "--out", str(out)]
     result = subprocess.run([sys.executable, "-m", "drwkv.cli", *argv], capture_output=True, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})

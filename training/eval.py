@@ -169,7 +169,7 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
                         help="sample through the checkpoint's ONNX export at this CPU precision, as drwkv-infer "
-                             "--precision does (exported to a temporary folder; --portable for bf16); "
+                             "--precision does (exported to a temporary folder); "
                              "default: the PyTorch model")
     args = parser.parse_args()
     if args.threads:
@@ -212,7 +212,7 @@ def main():
             from export.to_onnx import export_onnx
 
             path = os.path.join(folder, "model.onnx")
-            export_onnx(args.checkpoint, path, portable=args.precision == "bf16")
+            export_onnx(args.checkpoint, path)
             denoiser = load_denoiser(onnx=path, precision=args.precision, intra_op_threads=args.threads or None)
         samples = generate(model, config, labels, args.steps, args.cfg_scale, args.seed, args.batch_size, vae,
                            progress=True, denoiser=denoiser)

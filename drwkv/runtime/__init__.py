@@ -28,8 +28,8 @@ PRECISIONS = ("fp32", "bf16", "int8")
 def load_denoiser(engine=None, onnx=None, ckpt=None, precision="fp32", **options):
     """The denoiser of exactly one artifact: a TensorRT ``engine``, an ``onnx`` model or a ``ckpt``.
 
-    precision (ONNX models on the CPU): "fp32" (exact), "bf16" (OpenVINO, the portable export, CPUs
-    with AVX512-BF16 or AMX: drwkv.runtime.openvino) or "int8" (ONNX Runtime, weights quantized when
+    precision (ONNX models on the CPU): "fp32" (exact), "bf16" (OpenVINO, CPUs with AVX512-BF16 or
+    AMX: drwkv.runtime.openvino) or "int8" (ONNX Runtime, weights quantized when
     loaded: drwkv.runtime.ort_quant). ``options`` go to the backend (ONNX Runtime: providers,
     intra_op_threads; OpenVINO: intra_op_threads; PyTorch: device, threads). Raises ArtifactError
     for a missing or unusable file, RuntimeError when the backend's packages are not installed,

@@ -37,7 +37,7 @@ DECODER_FILE_KEY = "drwkv.vae_decoder"     # denoiser: the decoder's file name, 
 VAE_SHA256_KEY = "drwkv.vae_sha256"        # both: sha256 of the VAE weights the decoder comes from
 DECODER_KEYS = ("drwkv.vae_downsample", "drwkv.vae_channels", "drwkv.vae_image_channels")
 BIWKV_DOMAIN = ort_fusion.BIWKV_DOMAIN
-BIWKV_OP = "BiWKV"
+BIWKV_OP = ort_fusion.BIWKV_OP
 #: The node's plugin_version attribute: the TensorRT plugin version that implements it.
 PLUGIN_VERSION = "1"
 FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16

@@ -1,19 +1,23 @@
-"""OpenVINO backend for ``precision="bf16"``: a portable ONNX export (``export.to_onnx --portable``)
-with its matrix products in bfloat16, on CPUs with bf16 matrix instructions (AVX512-BF16, AMX).
+"""OpenVINO backend for ``precision="bf16"``: a drwkv ONNX export with its matrix products in
+bfloat16, on CPUs with bf16 matrix instructions (AVX512-BF16, AMX).
 
 ONNX Runtime's CPU provider has no bf16 MatMul on x86; OpenVINO's CPU plugin runs them with oneDNN.
 Only the products by constant weights are made bf16, in memory when the model is loaded (weights
 rounded to bf16, activations converted on the way in, results back to float32); everything else
 runs in float32. OpenVINO's own bf16 mode (INFERENCE_PRECISION_HINT=bf16) would run the whole graph
 in bf16, the portable Bi-WKV's exponentials of log-sums included, and those lose 30% of the output
-at bf16's 8-bit mantissa. OpenVINO cannot run drwkv's BiWKV node, hence the portable export.
+at bf16's 8-bit mantissa. OpenVINO cannot run drwkv's BiWKV node: the file's BiWKV nodes are
+replaced, in memory, by the standard ops of drwkv.runtime.portable (a ``--portable`` export already
+has them), which OpenVINO reads from a temporary folder.
 """
 import os
+import tempfile
 
 import numpy as np
 
 from drwkv.runtime.base import ArtifactError, Denoiser
-from drwkv.runtime.onnx import BIWKV_DOMAIN, VAE_SHA256_KEY, DECODER_FILE_KEY, read_onnx
+from drwkv.runtime.onnx import VAE_SHA256_KEY, DECODER_FILE_KEY, read_onnx
+from drwkv.runtime.portable import expand_bi_wkv
 
 INSTALL = "pip install 'drwkv[openvino]'"
 
@@ -54,7 +58,7 @@ def bf16_support():
 
 
 class OpenVINODenoiser(Denoiser):
-    """A portable drwkv ONNX denoiser in OpenVINO with its matrix products in bf16.
+    """A drwkv ONNX denoiser (default or ``--portable`` export) in OpenVINO with its matrix products in bf16.
 
     intra_op_threads: OpenVINO's inference threads (default: its own choice).
     """
@@ -66,9 +70,6 @@ class OpenVINODenoiser(Denoiser):
 
         self.path = os.fspath(path)
         model, self.config = read_onnx(self.path)
-        if any(node.domain == BIWKV_DOMAIN for node in model.graph.node):
-            raise ArtifactError(f"{self.path}: precision bf16 runs in OpenVINO, which takes the portable export "
-                                f"(python -m export.to_onnx CKPT -o MODEL.onnx --portable), not drwkv's BiWKV node")
         meta = {p.key: p.value for p in model.metadata_props}
         if meta.get("drwkv.dtype", "fp32") != "fp32":
             raise ArtifactError(f"{self.path} is a {meta['drwkv.dtype']} export: precision bf16 takes a float32 one")
@@ -77,8 +78,16 @@ class OpenVINODenoiser(Denoiser):
         why_not = bf16_support()
         if why_not:
             raise ValueError(f"precision bf16: {why_not}; use fp32 or int8")
+        try:
+            expanded = expand_bi_wkv(model)
+        except ValueError as e:
+            raise ArtifactError(f"{self.path}: {e}; precision bf16 needs it, use fp32 or int8") from None
         core = openvino.Core()
-        network = core.read_model(self.path)
+        if expanded:
+            with tempfile.TemporaryDirectory(prefix="drwkv_openvino_") as folder:
+                network = core.read_model(_save_with_external_weights(model, folder))
+        else:
+            network = core.read_model(self.path)
         #: How many matrix products run in bf16.
         self.bf16_products = bf16_products(network)
         # f32 elsewhere: the explicit bf16 products keep their precision under this hint.
@@ -96,3 +105,13 @@ class OpenVINODenoiser(Denoiser):
     def forward(self, x, t, y):
         out = self._request.infer({"x": x, "t": t, "y": y})[self._out]
         return np.array(out, np.float32)  # a copy: the request reuses its output buffer
+
+
+def _save_with_external_weights(model, folder):
+    """Write ``model`` (ModelProto) to ``folder`` for OpenVINO to read -> the file's path; the weights
+    go to a file of their own, so that models past protobuf's 2 GiB fit too."""
+    import onnx
+
+    path = os.path.join(folder, "model.onnx")
+    onnx.save_model(model, path, save_as_external_data=True, location="model.weights", size_threshold=1024)
+    return path

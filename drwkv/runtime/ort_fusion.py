@@ -22,6 +22,7 @@ import collections
 import numpy as np
 
 BIWKV_DOMAIN = "drwkv"  # the exported BiWKV node's; the fused nodes join it in memory
+BIWKV_OP = "BiWKV"
 FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
