@@ -169,18 +169,36 @@ def test_frechet_distance_matches_scipy_sqrtm():
     assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-9
 
 
-def test_eval_prints_fid_and_accuracy(full_run, tmp_path):
+def run_eval(full_run, cache, *extra):
+    """training.eval's table {row: value} for the full run's checkpoint, 20 samples, 2 steps."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "training.eval", str(full_run / "ckpt.pt"), "--num-samples", "20", "--steps", "2",
-           "--cache", str(tmp_path), "--threads", "1"]
+           "--cache", str(cache), "--threads", "1", *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = dict(line.split("  ", 1) for line in proc.stdout.strip().splitlines())
-    table = {k.strip(): v.strip() for k, v in table.items()}
+    return {k.strip(): v.strip() for k, v in table.items()}
+
+
+def test_eval_prints_fid_and_accuracy(full_run, tmp_path):
+    table = run_eval(full_run, tmp_path)
+    assert table["sampling"].endswith(", PyTorch")
     assert float(table["FID (samples vs test split)"]) > 0
     assert 0 <= float(table["classifier accuracy on samples"]) <= 1
     assert float(table["classifier accuracy on test split"]) > 0.8  # the reference classifier works on digits
     assert os.listdir(tmp_path) == ["classifier-digits-8px.pt"]
+
+
+def test_eval_samples_through_the_onnx_export_at_a_precision(full_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    fid = {}
+    for precision in (None, "fp32", "int8"):
+        table = run_eval(full_run, tmp_path, *(["--precision", precision] if precision else []))
+        assert table["sampling"].endswith(f", ONNX export at {precision}" if precision else ", PyTorch")
+        fid[precision] = float(table["FID (samples vs test split)"])
+    assert fid["fp32"] == pytest.approx(fid[None], rel=1e-3, abs=0.011)  # the same samples, to float32 rounding
+    assert fid["int8"] == pytest.approx(fid[None], rel=0.05)  # the issue's bound on int8's FID
 
 
 # ----------------------------------------------------------------------------- previews
