@@ -14,8 +14,9 @@ with patch 2, 3 channels, random weights: the model's init perturbed by 0.02 N(0
   ORT fp32                 load_denoiser(onnx=...): drwkv's ONNX Runtime CPU path (the default).
   ORT int8                 load_denoiser(onnx=..., precision="int8"): the same path with its
                            MatMuls as DynamicQuantizeMatMul (drwkv.runtime.ort_quant).
-  OpenVINO bf16            load_denoiser(onnx=<portable export>, precision="bf16"): OpenVINO with
-                           the matrix products in bf16 (drwkv.runtime.openvino).
+  OpenVINO bf16            load_denoiser(onnx=..., precision="bf16"): OpenVINO with the matrix
+                           products in bf16 (drwkv.runtime.openvino; the BiWKV nodes replaced by
+                           the portable Bi-WKV's standard ops when it loads).
 
 Each backend is called as drwkv.Pipeline calls it (numpy in, numpy out) and runs in a process of
 its own, loaded once; the parent asks each in turn for one call per round (--repeats rounds, after
@@ -31,8 +32,8 @@ int8 as drwkv.runtime.ort_split.SplitSession (what load_denoiser builds) with pr
 op type (the native nodes as "native ..."); torch.compile bf16 under torch.profiler, self CPU ms
 per op. Profiling slows a call a little. Run it once per backend (each in its own process).
 
---fidelity: the committed pretrained/fashion-mnist-drwkv-t4.pt exported to ONNX (default and
-portable) in a temporary folder, then drwkv.Pipeline at each precision, DDIM --steps (25), seed 0,
+--fidelity: the committed pretrained/fashion-mnist-drwkv-t4.pt exported to ONNX in a temporary
+folder, then drwkv.Pipeline at each precision, DDIM --steps (25), seed 0,
 --num-images (64): the PSNR of each precision's uint8 images against fp32's.
 """
 import argparse
@@ -77,7 +78,7 @@ def inputs(batch, size, seed=0):
 # --- the models --------------------------------------------------------------------------------------
 
 def prepare(model, tokens, work_dir):
-    """A random checkpoint of ``model`` at ``tokens`` tokens and its exports -> (ckpt, onnx, portable onnx).
+    """A random checkpoint of ``model`` at ``tokens`` tokens and its export -> (ckpt, onnx).
     torch is imported only to make them: once it has loaded OpenMP, drwkv's native kernels can no
     longer have it wait passively (drwkv.runtime.ort_split), which --profile ORT int8 would measure."""
     size = math.isqrt(tokens) * 2
@@ -85,17 +86,15 @@ def prepare(model, tokens, work_dir):
     if not os.path.exists(base + ".pt"):
         write_random_checkpoint({"model": model, "image_size": size, "in_channels": 3, "num_classes": 10,
                                  "learn_sigma": False}, base + ".pt")
-    for portable in (False, True):
-        path = base + ("_portable" if portable else "") + ".onnx"
-        if not os.path.exists(path):
-            from export.to_onnx import export_onnx
+    if not os.path.exists(base + ".onnx"):
+        from export.to_onnx import export_onnx
 
-            print(f"exporting {path} ...", file=sys.stderr, flush=True)
-            export_onnx(base + ".pt", path, portable=portable)
-    return base + ".pt", base + ".onnx", base + "_portable.onnx"
+        print(f"exporting {base}.onnx ...", file=sys.stderr, flush=True)
+        export_onnx(base + ".pt", base + ".onnx")
+    return base + ".pt", base + ".onnx"
 
 
-def load(backend, ckpt, onnx_path, portable_path, threads):
+def load(backend, ckpt, onnx_path, threads):
     """The backend's denoiser call: numpy (x, t, y) -> numpy."""
     from drwkv.runtime import load_denoiser
 
@@ -104,7 +103,7 @@ def load(backend, ckpt, onnx_path, portable_path, threads):
     if backend == INT8:
         return load_denoiser(onnx=onnx_path, precision="int8", intra_op_threads=threads)
     if backend == OPENVINO:
-        return load_denoiser(onnx=portable_path, precision="bf16", intra_op_threads=threads)
+        return load_denoiser(onnx=onnx_path, precision="bf16", intra_op_threads=threads)
     denoiser = load_denoiser(ckpt=ckpt, threads=threads)
     if backend == EAGER:
         return denoiser
@@ -120,11 +119,11 @@ def load(backend, ckpt, onnx_path, portable_path, threads):
 
 # --- one backend, in its own process: reads {"batch": B, "save": path or null} lines, answers ms ---------
 
-def worker(backend, ckpt, onnx_path, portable_path, threads, size):
+def worker(backend, ckpt, onnx_path, threads, size):
     # Answers go through a copy of stdout; anything the libraries print goes to stderr.
     channel = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    call = load(backend, ckpt, onnx_path, portable_path, threads)
+    call = load(backend, ckpt, onnx_path, threads)
     print(json.dumps({"ready": True}), file=channel, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
@@ -200,7 +199,7 @@ def speed(args):
 def profile(args):
     """The op table of one call of args.profile (see the module doc)."""
     model, tokens, batch = args.models[0], args.tokens[0], args.batch_sizes[0]
-    ckpt, onnx_path, _ = prepare(model, tokens, args.work_dir)
+    ckpt, onnx_path = prepare(model, tokens, args.work_dir)
     x, t, y = inputs(batch, math.isqrt(tokens) * 2)
     if args.profile == INT8:
         import onnx
@@ -214,7 +213,7 @@ def profile(args):
     else:
         import torch
 
-        compiled = load(COMPILED, ckpt, onnx_path, None, args.threads)
+        compiled = load(COMPILED, ckpt, onnx_path, args.threads)
 
         def call():
             compiled(x, t, y)
@@ -251,13 +250,12 @@ def fidelity(args):
     print(f"# Fidelity: {os.path.basename(PRETRAINED)}, DDIM {args.steps} steps, {args.num_images} images, seed 0, "
           f"{cpu_name()}\n\n| precision | backend | PSNR vs fp32 (dB) | max abs pixel diff |\n|---|---|---:|---:|")
     with tempfile.TemporaryDirectory() as folder:
-        onnx_path, portable_path = os.path.join(folder, "model.onnx"), os.path.join(folder, "portable.onnx")
+        onnx_path = os.path.join(folder, "model.onnx")
         export_onnx(PRETRAINED, onnx_path)
-        export_onnx(PRETRAINED, portable_path, portable=True)
         run = {"num_images": args.num_images, "steps": args.steps, "seed": 0, "sampler": "ddim"}
         reference = Pipeline.load(onnx_path, intra_op_threads=args.threads)(**run)
-        for precision, path in (("int8", onnx_path), ("bf16", portable_path)):
-            pipe = Pipeline.load(path, precision=precision, intra_op_threads=args.threads)
+        for precision in ("int8", "bf16"):
+            pipe = Pipeline.load(onnx_path, precision=precision, intra_op_threads=args.threads)
             images = pipe(**run)
             diff = int(np.abs(images.astype(np.int16) - reference).max())
             print(f"| {precision} | {pipe.denoiser.name} | {psnr(images, reference):.1f} | {diff} |", flush=True)
@@ -277,7 +275,7 @@ def parse_args(argv=None):
     p.add_argument("--profile", choices=(INT8, COMPILED), help="the op table of one call of this backend")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--num-images", type=int, default=64)
-    p.add_argument("--worker", nargs=4, metavar=("BACKEND", "CKPT", "ONNX", "PORTABLE"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=3, metavar=("BACKEND", "CKPT", "ONNX"), help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if any(math.isqrt(t) ** 2 != t for t in args.tokens):
