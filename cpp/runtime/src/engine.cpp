@@ -18,13 +18,16 @@ using trt::shape;
 
 constexpr char const* kIoNames[] = {"x", "t", "y", "out"};
 
-// Reads the sidecar (refusing a plan built by another TensorRT version or for another GPU).
-ModelConfig read_sidecar(std::string const& plan_path, int device) {
+// Reads the sidecar (refusing a plan built by another TensorRT version or for another GPU);
+// `needs_plugin`: false for a plan of the portable graph (its "plugin" is null: no BiWKV layer).
+ModelConfig read_sidecar(std::string const& plan_path, int device, bool& needs_plugin) {
   using Type = json::Value::Type;
   using trt::member;
   std::string const path = plan_path + ".json";
   json::Value const doc = trt::read_checked_sidecar(plan_path, "drwkv-tensorrt-engine", device);
 
+  json::Value const* plugin = doc.find("plugin");
+  needs_plugin = plugin == nullptr || plugin->type != Type::kNull;
   json::Value const& c = member(doc, "config", Type::kObject, path);
   ModelConfig config;
   config.model = member(c, "model", Type::kString, path).string;
@@ -81,13 +84,14 @@ struct Engine::Impl {
 Engine::Engine(std::string const& plan_path, std::string const& plugin_path, int device) : impl_(new Impl) {
   Impl& m = *impl_;
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  m.config = read_sidecar(plan_path, device);
+  bool needs_plugin = true;
+  m.config = read_sidecar(plan_path, device, needs_plugin);
 
   m.runtime.reset(nvinfer1::createInferRuntime(m.logger));
   if (!m.runtime) throw std::runtime_error("cannot create the TensorRT runtime");
   // The registry is process-wide: a second Engine finds BiWKV already registered.
   nvinfer1::IPluginRegistry& registry = m.runtime->getPluginRegistry();
-  if (registry.getCreator(kBiWKVPluginName, kBiWKVPluginVersion, kBiWKVPluginNamespace) == nullptr &&
+  if (needs_plugin && registry.getCreator(kBiWKVPluginName, kBiWKVPluginVersion, kBiWKVPluginNamespace) == nullptr &&
       registry.loadLibrary(plugin_path.c_str()) == nullptr)
     throw std::runtime_error("TensorRT could not load the BiWKV plugin library " + plugin_path);
 

@@ -12,7 +12,8 @@ namespace drwkv {
 
 class Engine {
  public:
-  // Registers the BiWKV plugin library with TensorRT (once per process), checks the sidecar
+  // Registers the BiWKV plugin library with TensorRT (once per process; not for a plan of the
+  // portable graph, whose sidecar names no plugin), checks the sidecar
   // (TensorRT version, GPU) and deserializes the plan onto `device`. std::runtime_error on failure,
   // with a message that says what to do.
   Engine(std::string const& plan_path, std::string const& plugin_path, int device = 0);
