@@ -32,6 +32,13 @@ int8 as drwkv.runtime.ort_split.SplitSession (what load_denoiser builds) with pr
 op type (the native nodes as "native ..."); torch.compile bf16 under torch.profiler, self CPU ms
 per op. Profiling slows a call a little. Run it once per backend (each in its own process).
 
+--products: the machine's limit for the matrix products, kernels timed alone: the products of one
+block ([M, C] x [C, C] five times, [M, C] x [C, 4C], [M, 4C] x [4C, C]; M = tokens x batch, C the
+model's width) in each precision's library, each in a process of its own, best of --repeats after a
+warm-up: torch fp32 and torch bf16 (oneDNN; bf16 operands made beforehand, as the compiled model's
+fused element-wise code hands them over), ONNX Runtime's fp32 MatMul and its int8
+DynamicQuantizeMatMul as precision="int8" rewrites it (activation quantization included).
+
 --fidelity: the committed pretrained/fashion-mnist-drwkv-t4.pt exported to ONNX in a temporary
 folder, then drwkv.Pipeline at each precision, DDIM --steps (25), seed 0,
 --num-images (64): the PSNR of each precision's uint8 images against fp32's.
@@ -262,6 +269,79 @@ def fidelity(args):
     return 0
 
 
+PRODUCT_BACKENDS = ("torch fp32", "torch bf16", "ORT fp32 MatMul", "ORT int8 DynamicQuantizeMatMul")
+
+
+def block_products(width):
+    """(K, N, how many per block) of the matrix products of one DRWKV block of ``width`` channels."""
+    return ((width, width, 5), (width, 4 * width, 1), (4 * width, width, 1))
+
+
+def product_worker(backend, rows, width, threads, repeats):
+    """ms of one block's products in ``backend``, best of ``repeats`` after a warm-up; printed as JSON."""
+    rng = np.random.default_rng(0)
+    calls = []
+    for K, N, count in block_products(width):
+        a = rng.standard_normal((rows, K)).astype(np.float32)
+        w = (rng.standard_normal((K, N)) / math.sqrt(K)).astype(np.float32)
+        if backend.startswith("torch"):
+            import torch
+
+            torch.set_num_threads(threads)
+            dtype = torch.bfloat16 if backend == "torch bf16" else torch.float32
+            a_t, w_t = torch.from_numpy(a).to(dtype), torch.from_numpy(w).to(dtype)
+            calls.append((lambda a_t=a_t, w_t=w_t: torch.matmul(a_t, w_t), count))
+            continue
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        from drwkv.runtime.ort_env import session_options
+        from drwkv.runtime.ort_quant import quantize_matmuls
+
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["out"])], "product",
+                                  [helper.make_tensor_value_info("a", TensorProto.FLOAT, [rows, K])],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [rows, N])],
+                                  [numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        if "int8" in backend:
+            quantize_matmuls(model)
+        session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        calls.append((lambda session=session, a=a: session.run(["out"], {"a": a}), count))
+    total = 0.0
+    for call, count in calls:
+        call()
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - start)
+        total += count * best
+    print(json.dumps({"ms": 1e3 * total}), flush=True)
+
+
+def products(args):
+    """The products table (see the module doc)."""
+    from drwkv.model import MODEL_CONFIGS
+
+    print(f"# Matrix products of one block, kernels timed alone: {cpu_name()}, {args.threads} threads, best of "
+          f"{args.repeats}\n\n| width | M (tokens x batch) | library | ms per block | GMAC/s | vs torch fp32 |\n"
+          f"|---:|---:|---|---:|---:|---:|")
+    widths = sorted({MODEL_CONFIGS[m]["hidden_size"] for m in args.models})
+    for width in widths:
+        macs = sum(K * N * count for K, N, count in block_products(width))
+        for rows in sorted({t * b for t in args.tokens for b in args.batch_sizes}):
+            ms = {}
+            for backend in PRODUCT_BACKENDS:
+                result = subprocess.run([sys.executable, os.path.abspath(__file__), "--product-worker", backend,
+                                         str(rows), str(width), "--threads", str(args.threads),
+                                         "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+                ms[backend] = json.loads(result.stdout.strip().splitlines()[-1])["ms"]
+                print(f"| {width} | {rows} | {backend} | {ms[backend]:.2f} | {rows * macs / ms[backend] / 1e6:.0f} | "
+                      f"{ms['torch fp32'] / ms[backend]:.2f}x |", flush=True)
+    return 0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["DRWKV-S/2", "DRWKV-B/2"])
@@ -273,10 +353,13 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "bench_precision"))
     p.add_argument("--fidelity", action="store_true", help="the PSNR table instead of the speed table")
     p.add_argument("--profile", choices=(INT8, COMPILED), help="the op table of one call of this backend")
+    p.add_argument("--products", action="store_true",
+                   help="the matrix products alone per precision's library (the machine's limit), not the models")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--num-images", type=int, default=64)
     p.add_argument("--worker", nargs=3, metavar=("BACKEND", "CKPT", "ONNX"), help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--product-worker", nargs=3, metavar=("BACKEND", "ROWS", "WIDTH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if any(math.isqrt(t) ** 2 != t for t in args.tokens):
         p.error("--tokens must be square numbers")
@@ -288,6 +371,12 @@ def main(argv=None):
     if args.worker:
         worker(*args.worker, args.threads, args.size)
         return 0
+    if args.product_worker:
+        backend, rows, width = args.product_worker
+        product_worker(backend, int(rows), int(width), args.threads, args.repeats)
+        return 0
+    if args.products:
+        return products(args)
     if args.profile:
         return profile(args)
     return fidelity(args) if args.fidelity else speed(args)

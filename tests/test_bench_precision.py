@@ -29,3 +29,20 @@ def test_tiny_speed_table(load_benchmark, capsys, tmp_path):
         assert math.isfinite(float(ms)) and float(ms) > 0
         assert math.isfinite(float(vs_eager.rstrip("x"))) and math.isfinite(float(vs_compiled.rstrip("x")))
         assert float(err) <= bounds[backend], backend
+
+
+def test_tiny_products_table(load_benchmark, capsys):
+    bench = load_benchmark("bench_precision")
+    argv = ["--products", "--models", "DRWKV-T/2", "--tokens", "16", "--batch-sizes", "2", "--repeats", "1",
+            "--threads", "1"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Matrix products of one block, kernels timed alone: ")
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in out.splitlines() if line.startswith("|") and "---" not in line]
+    assert rows[0] == ["width", "M (tokens x batch)", "library", "ms per block", "GMAC/s", "vs torch fp32"]
+    assert [row[2] for row in rows[1:]] == list(bench.PRODUCT_BACKENDS)
+    for width, m, _, ms, gmacs, ratio in rows[1:]:
+        assert (width, m) == ("128", "32")
+        assert float(ms) > 0 and float(gmacs) > 0 and float(ratio.rstrip("x")) > 0
+    assert rows[1][5] == "1.00x"
