@@ -219,7 +219,10 @@ def test_runtime_and_ort_sampling_never_import_torch(tmp_path):
     path = write_toy_onnx(tmp_path / "toy.onnx")
     script = BLOCK_TORCH + textwrap.dedent(f"""
         import numpy as np
-        import drwkv.runtime, drwkv.samplers, drwkv.schedule, drwkv.noise, drwkv.png
+        import importlib.util
+        import drwkv.runtime, drwkv.runtime.portable, drwkv.samplers, drwkv.schedule, drwkv.noise, drwkv.png
+        if importlib.util.find_spec("openvino"):
+            import drwkv.runtime.openvino
         from drwkv.runtime import load_denoiser
         d = load_denoiser(onnx={str(path)!r})
         sampler = drwkv.samplers.make_sampler("ddim", drwkv.schedule.Schedule.from_config(d.config), 3)
