@@ -84,7 +84,8 @@ def test_fp32_is_the_default_and_exact(models):
 
 def test_int8_through_the_pipeline(models, fp32_images):
     pipe = drwkv.Pipeline.load(models[1], precision="int8", intra_op_threads=1)
-    assert pipe.denoiser.session.quantized == 7 * 7 + 3 + 1  # 7 MatMuls per block, 3 skip Linears, the head
+    # 7 MatMuls per block, and 3 skip Linears over [x, skip] as 2 products each; the head stays float32.
+    assert pipe.denoiser.session.quantized == 7 * 7 + 3 * 2
     images = pipe(**RUN)
     assert images.shape == fp32_images.shape and not np.array_equal(images, fp32_images)
     assert psnr(images, fp32_images) >= MIN_PSNR["int8"]
@@ -174,30 +175,82 @@ def test_cli_errors_are_one_line_and_write_nothing(models, wide_decays, tmp_path
     assert not out.exists()
 
 
-@pytest.mark.parametrize("reduce_range", [False, True])
-def test_quantized_matmul_in_onnx_runtime(reduce_range):
-    """One MatMul rewritten: int8 weights in [-127, 127] (7-bit, [-63, 63], for CPUs without VNNI),
-    a scale per output column, and ONNX Runtime's result near the float product."""
-    import onnxruntime as ort
+def products_graph(nodes, inputs, weights):
+    """A float32 graph of ``nodes`` with token inputs {name: width} [B, T, width], initializers
+    {name: array}, and the last node's output "head" [B, T, 8] as its output."""
     from onnx import TensorProto, helper, numpy_helper
 
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "T", width])
+                                           for n, width in inputs.items()],
+                              [helper.make_tensor_value_info("head", TensorProto.FLOAT, ["B", "T", 8])],
+                              [numpy_helper.from_array(w, name) for name, w in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run_graph(model, feeds):
+    import onnxruntime as ort
+
     from drwkv.runtime.ort_env import session_options
+
+    session = ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+    return session.run(["head"], feeds)[0]
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_quantized_matmul_in_onnx_runtime(reduce_range):
+    """A MatMul rewritten: int8 weights in [-127, 127] (7-bit, [-63, 63], for CPUs without VNNI), a
+    scale per output column, and ONNX Runtime's result near the float product; the graph's last
+    product (the head) stays float32."""
+    from onnx import helper, numpy_helper
+
     from drwkv.runtime.ort_quant import quantize_matmuls
 
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((64, 32)) * np.linspace(0.1, 3, 32)).astype(np.float32)  # columns of unlike scales
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["out"])], "g",
-                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["B", "T", 64])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", "T", 32])],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    head = rng.standard_normal((32, 8)).astype(np.float32)
+    model = products_graph([helper.make_node("MatMul", ["a", "w"], ["out"]),
+                            helper.make_node("MatMul", ["out", "head_w"], ["head"])], {"a": 64},
+                           {"w": w, "head_w": head})
     assert quantize_matmuls(model, reduce_range=reduce_range) == 1
-    assert [n.op_type for n in model.graph.node] == ["DynamicQuantizeMatMul"]
-    q, scale = (numpy_helper.to_array(t) for t in model.graph.initializer)
+    assert [n.op_type for n in model.graph.node] == ["DynamicQuantizeMatMul", "MatMul"]
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert set(weights) == {"head_w", "w__int8", "w__scale"}
+    q, scale = weights["w__int8"], weights["w__scale"]
     levels = 63 if reduce_range else 127
     assert q.dtype == np.int8 and np.abs(q).max() == levels and scale.shape == (32,)
     assert np.abs(q * scale - w).max() <= scale.max() / 2 + 1e-6
-    session = ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
     a = rng.standard_normal((2, 8, 64)).astype(np.float32)
-    out = session.run(["out"], {"a": a})[0]
-    assert np.abs(out - a @ w).max() / np.abs(a @ w).max() < (0.04 if reduce_range else 0.02)
+    expected = a @ w @ head
+    out = run_graph(model, {"a": a})
+    assert np.abs(out - expected).max() / np.abs(expected).max() < (0.04 if reduce_range else 0.02)
+
+
+def test_product_of_a_concatenation_is_quantized_per_part():
+    """Concat([a, b]) x W, a 100x larger than b: one product per part, each on its own range, summed.
+    a's rows of W are zero, so the product is b's alone: one scale for both would quantize b in steps
+    of a's range."""
+    from onnx import helper
+
+    from drwkv.runtime.ort_quant import quantize_matmuls
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((48, 16)).astype(np.float32)
+    w[:32] = 0
+    weights = {"w": w, "head_w": np.eye(16, 8, dtype=np.float32)}
+
+    def graph():
+        return products_graph([helper.make_node("Concat", ["a", "b"], ["ab"], axis=-1),
+                               helper.make_node("MatMul", ["ab", "w"], ["out"]),
+                               helper.make_node("MatMul", ["out", "head_w"], ["head"])], {"a": 32, "b": 16}, weights)
+
+    feeds = {"a": 100 * rng.standard_normal((2, 8, 32)).astype(np.float32),
+             "b": rng.standard_normal((2, 8, 16)).astype(np.float32)}
+    expected = (np.concatenate([feeds["a"], feeds["b"]], -1) @ w)[..., :8]
+    per_part = graph()
+    assert quantize_matmuls(per_part) == 2
+    assert [n.op_type for n in per_part.graph.node] == ["DynamicQuantizeMatMul", "DynamicQuantizeMatMul", "Add",
+                                                         "MatMul"]
+    one_scale = graph()
+    assert quantize_matmuls(one_scale, info={}) == 1  # the parts' widths unknown: one product
+    errors = [np.abs(run_graph(m, feeds) - expected).max() / np.abs(expected).max() for m in (per_part, one_scale)]
+    assert errors[0] < 0.02 < 0.2 < errors[1]

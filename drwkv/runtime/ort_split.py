@@ -225,7 +225,7 @@ class SplitSession:
         info = ort_fusion.value_info(model)
         self.fused = ort_fusion.fuse(model, info) if fuse else _natives_only(model)
         #: How many MatMuls run in int8 (after the fusion, whose patterns match float32 graphs).
-        self.quantized = ort_quant.quantize_matmuls(model) if int8 else 0
+        self.quantized = ort_quant.quantize_matmuls(model, info) if int8 else 0
         graph = model.graph
         constants = {t.name: t for t in graph.initializer}
         self.inputs = [i.name for i in graph.input if i.name not in constants]
