@@ -23,6 +23,7 @@ took 20% longer.
 """
 import collections
 import json
+import math
 import os
 import tempfile
 import threading
@@ -55,27 +56,32 @@ class _Segment:
 
     def __init__(self, session, inputs, outputs):
         self.session, self.inputs, self.outputs = session, inputs, outputs
+        self.binding = session.io_binding()  # one per segment: making one costs as much as binding the values
 
     def run(self, values, threads):
-        binding = self.session.io_binding()
+        binding = self.binding
         for name in self.inputs:
             binding.bind_ortvalue_input(name, values[name])
         for name in self.outputs:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         values.update(zip(self.outputs, binding.get_outputs()))
+        # Bound values would stay alive until the next call: their memory could not be reused meanwhile.
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
 
 
 class _BufferPool:
-    """The native nodes' output buffers, reused from value to value and from call to call: a value's
-    buffer goes back to the pool when the run releases the value. Fresh allocations that large would
-    be mapped and page-faulted afresh every time; one buffer per node would keep them all at once."""
+    """The native nodes' output buffers, reused from value to value and from call to call: a buffer
+    goes back to the pool when the run has released every value over it. Fresh allocations that large
+    would be mapped and page-faulted afresh every time; one buffer per node would keep them all at once."""
 
     def __init__(self):
         self.free = collections.defaultdict(list)   # (shape, dtype) -> [(array, OrtValue)]
-        self.owned = {}                              # value name -> (array, OrtValue)
+        self.owned = {}                              # value name -> (array, OrtValue); values may share one
 
     def take(self, name, shape, dtype):
+        """-> (array, OrtValue) of a buffer for value ``name``."""
         key = (tuple(shape), np.dtype(dtype))
         entry = self.free[key].pop() if self.free[key] else None
         if entry is None:
@@ -84,26 +90,39 @@ class _BufferPool:
             array = np.empty(shape, dtype)
             entry = (array, ort.OrtValue.ortvalue_from_numpy(array))
         self.owned[name] = entry
-        return entry[0]
+        return entry
 
-    def release(self, name, live):
-        """Return the buffer of ``name`` unless a live value (OrtValue) points into it."""
+    def share(self, name, other):
+        """Value ``other`` lies in the buffer of ``name`` too (written in place, or a view)."""
+        self.owned[other] = self.owned[name]
+
+    def note_views(self, inputs, outputs, values):
+        """A segment's outputs that ONNX Runtime made over one of its inputs' buffers keep that buffer
+        from the pool while they live (a safeguard: ONNX Runtime 1.32 copied the segment outputs of
+        Reshape, Flatten, Squeeze and Identity)."""
+        for name in inputs:
+            entry = self.owned.get(name)
+            if entry is None:
+                continue
+            start = entry[0].ctypes.data
+            end = start + entry[0].nbytes
+            for output in outputs:
+                if start <= values[output].data_ptr() < end:
+                    self.share(name, output)
+
+    def release(self, name):
         entry = self.owned.pop(name, None)
-        if entry is None:
-            return
-        start = entry[0].ctypes.data
-        end = start + entry[0].nbytes
-        if any(start <= v.data_ptr() < end for v in live if v is not entry[1]):
-            return  # ONNX Runtime made a value over it (a view); let it go with that value
-        self.free[(entry[0].shape, entry[0].dtype)].append(entry)
+        if entry is not None and not any(e is entry for e in self.owned.values()):
+            self.free[(entry[0].shape, entry[0].dtype)].append(entry)
 
     def release_all(self):
         for name in list(self.owned):
-            self.release(name, ())
+            self.release(name)
 
 
 class _Native:
-    """One native node: its inputs are values of the run or constants of the graph."""
+    """One native node: its inputs are values of the run or constants of the graph. The checks of
+    the inputs' shapes and types run when they differ from the previous call's."""
 
     def __init__(self, node, constants, in_place, pool):
         self.node, self.op_type = node, node.op_type
@@ -114,59 +133,66 @@ class _Native:
         self.attrs = {a.name: a.i for a in node.attribute if a.type == a.INT}
         self.epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
         self.in_place = in_place  # the inputs this node may overwrite (made by an earlier step, read by no later one)
-        self._constant_addresses = {"": (0, None, None)}
-        self._constant_addresses.update({name: (a.ctypes.data, a.shape, a.dtype) for name, a in self.constants.items()})
-
-    def _buffer(self, name, shape, dtype):
-        """A buffer from the pool for output ``name``."""
-        return self.pool.take(name, shape, dtype)
-
-    def _address(self, values, name):
-        """(address, shape, dtype) of an input; (0, None, None) for an omitted one."""
-        constant = self._constant_addresses.get(name)
-        if constant is not None:
-            return constant
-        value = values[name]
-        return value.data_ptr(), tuple(value.shape()), _ORT_TYPES.get(value.data_type())
+        # Per input: its (address, shape, dtype) when a constant or omitted (""), else None: a value of the run.
+        fixed = {"": (0, None, None)}
+        fixed.update({name: (a.ctypes.data, a.shape, a.dtype) for name, a in self.constants.items()})
+        self._fixed = [fixed.get(name) for name in self.inputs]
+        self._check, self._compute = getattr(self, "_check_" + self.op_type), getattr(self, "_" + self.op_type)
+        self._checked = None  # the inputs' shapes and types last checked
 
     def run(self, values, threads):
-        ins = [self._address(values, name) for name in self.inputs]
-        result = getattr(self, "_" + self.op_type)(values, ins, threads)
-        for name, out in zip(self.outputs, result):
-            if isinstance(out, np.ndarray):  # a pool buffer: it goes out as the OrtValue made for it
-                values[name] = self.pool.owned[name][1]
-                continue
-            values[name] = out  # an input overwritten in place: a pool buffer changes hands
-            for source in self.in_place:
-                if values.get(source) is out and source in self.pool.owned:
-                    self.pool.owned[name] = self.pool.owned.pop(source)
+        ins = []
+        for name, fixed in zip(self.inputs, self._fixed):
+            if fixed is None:
+                value = values[name]
+                fixed = (value.data_ptr(), tuple(value.shape()), _ORT_TYPES.get(value.data_type()))
+            ins.append(fixed)
+        signature = [(shape, dtype) for _, shape, dtype in ins]
+        if signature != self._checked:
+            self._check(ins)
+            self._checked = signature
+        self._compute(values, ins, threads)
+
+    def _output(self, values, name, shape, dtype=np.float32):
+        """-> a buffer from the pool for output ``name``, which becomes its value."""
+        array, values[name] = self.pool.take(name, shape, dtype)
+        return array
+
+    def _overwrite(self, values, source, name):
+        """Output ``name`` is input ``source`` overwritten in place."""
+        values[name] = values[source]
+        if source in self.pool.owned:
+            self.pool.share(source, name)
 
     def _float32(self, ins, what):
         for address, shape, dtype in ins:
             if address and dtype != np.float32:
                 raise RuntimeError(f"{self.node.name}: {what} takes float32 tensors, got {dtype}")
 
-    def _BiWKV(self, values, ins, threads):
-        (w, w_shape, w_type), (u, _, u_type), (k, shape, dtype), (v, v_shape, v_type) = ins[:4]
+    def _check_BiWKV(self, ins):
+        (_, w_shape, w_type), (_, _, u_type), (_, shape, dtype), (_, v_shape, v_type) = ins[:4]
         if len(shape) != 3 or v_shape != shape or w_shape != (shape[2],) or w_type != np.float32 or \
                 u_type != np.float32 or v_type != dtype or dtype not in (np.float32, np.float16):
             raise RuntimeError(f"{self.node.name}: BiWKV takes w, u float32 [C] and k, v [B, T, C] of one type, "
                                f"got k {shape} {dtype}, v {v_shape} {v_type}, w {w_shape}")
-        y = self._buffer(self.outputs[0], shape, dtype)
-        B, T, C = shape
-        code = _C.DTYPE_FLOAT16 if dtype == np.float16 else _C.DTYPE_FLOAT32
-        _C.bi_wkv_forward_cpu(w, u, k, v, y.ctypes.data, B, T, C, code, threads)
         if len(ins) > 4:  # the receptance gate: y * sigmoid(r)
             self._float32(ins[4:] + ins[2:3], "the gated BiWKV")
             if ins[4][1] != shape:
                 raise RuntimeError(f"{self.node.name}: r has shape {ins[4][1]}, k {shape}")
-            _C.sigmoid_gate(y.ctypes.data, ins[4][0], y.size, threads)
-        return [y]
 
-    def _ShiftMix(self, values, ins, threads):
+    def _BiWKV(self, values, ins, threads):
+        (w, _, _), (u, _, _), (k, shape, dtype), (v, _, _) = ins[:4]
+        y = self._output(values, self.outputs[0], shape, dtype)
+        B, T, C = shape
+        code = _C.DTYPE_FLOAT16 if dtype == np.float16 else _C.DTYPE_FLOAT32
+        _C.bi_wkv_forward_cpu(w, u, k, v, y.ctypes.data, B, T, C, code, threads)
+        if len(ins) > 4:
+            _C.sigmoid_gate(y.ctypes.data, ins[4][0], y.size, threads)
+
+    def _check_ShiftMix(self, ins):
         self._float32(ins, "ShiftMix")
-        (x, shape, _), (weight, weight_shape, _), (bias, bias_shape, _), (scale, scale_shape, _), \
-            (shift, shift_shape, _) = ins[:5]
+        (_, shape, _), (weight, weight_shape, _), (bias, bias_shape, _), (scale, scale_shape, _), \
+            (_, shift_shape, _) = ins[:5]
         H, W = self.attrs["grid_h"], self.attrs["grid_w"]
         if len(shape) != 3 or shape[1] != H * W:
             raise RuntimeError(f"{self.node.name}: ShiftMix expects tokens [B, {H * W}, C], got {shape}")
@@ -174,39 +200,49 @@ class _Native:
         if scale and (scale_shape != (B, 1, C) or shift_shape != (B, 1, C)):
             raise RuntimeError(f"{self.node.name}: modulation must be [B, 1, C] = {(B, 1, C)}, "
                                f"got {scale_shape} and {shift_shape}")
-        pairs = ins[5:]
-        if any(s != (C,) for _, s, _ in pairs) or (weight and weight_shape != (C,)) or (bias and bias_shape != (C,)):
+        if any(s != (C,) for _, s, _ in ins[5:]) or (weight and weight_shape != (C,)) or (bias and bias_shape != (C,)):
             raise RuntimeError(f"{self.node.name}: LayerNorm parameters and token mixes must have shape [{C}]")
-        outs = [self._buffer(name, shape, np.float32) for name in self.outputs]
-        _C.shift_mix(x, scale, shift, B, H, W, C, [a for a, _, _ in pairs[0::2]], [a for a, _, _ in pairs[1::2]],
-                     [o.ctypes.data for o in outs], threads, weight, bias, self.epsilon)
-        return outs
+
+    def _ShiftMix(self, values, ins, threads):
+        (x, shape, _), (weight, _, _), (bias, _, _), (scale, _, _), (shift, _, _) = ins[:5]
+        B, T, C = shape
+        outs = [self._output(values, name, shape).ctypes.data for name in self.outputs]
+        pairs = ins[5:]
+        _C.shift_mix(x, scale, shift, B, self.attrs["grid_h"], self.attrs["grid_w"], C,
+                     [a for a, _, _ in pairs[0::2]], [a for a, _, _ in pairs[1::2]], outs, threads, weight, bias,
+                     self.epsilon)
+
+    def _check_ReluSquare(self, ins):
+        self._float32(ins, "ReluSquare")
 
     def _ReluSquare(self, values, ins, threads):
-        self._float32(ins, "ReluSquare")
+        (x, shape, _), = ins
         if self.inputs[0] in self.in_place:
-            _C.relu_square(ins[0][0], int(np.prod(ins[0][1])), threads)
-            return [values[self.inputs[0]]]
-        out = self._buffer(self.outputs[0], ins[0][1], np.float32)
-        out[...] = values[self.inputs[0]].numpy()
-        _C.relu_square(out.ctypes.data, out.size, threads)
-        return [out]
+            self._overwrite(values, self.inputs[0], self.outputs[0])
+        else:
+            out = self._output(values, self.outputs[0], shape)
+            out[...] = values[self.inputs[0]].numpy()
+            x = out.ctypes.data
+        _C.relu_square(x, math.prod(shape), threads)
+
+    def _check_GatedResidual(self, ins):
+        self._float32(ins, "GatedResidual")
+        (_, shape, _), (_, gate_shape, _), (_, branch_shape, _) = ins[:3]
+        r_shape = ins[3][1] if len(ins) > 3 else shape
+        if len(shape) != 3 or branch_shape != shape or r_shape != shape or gate_shape != (shape[0], 1, shape[2]):
+            raise RuntimeError(f"{self.node.name}: GatedResidual expects x, branch, r [B, T, C] and gate [B, 1, C], "
+                               f"got {shape}, {branch_shape}, {r_shape}, {gate_shape}")
 
     def _GatedResidual(self, values, ins, threads):
-        self._float32(ins, "GatedResidual")
-        (x, shape, _), (gate, gate_shape, _), (branch, branch_shape, _) = ins[:3]
-        r = ins[3] if len(ins) > 3 else (0, shape, None)
-        if len(shape) != 3 or branch_shape != shape or r[1] != shape or gate_shape != (shape[0], 1, shape[2]):
-            raise RuntimeError(f"{self.node.name}: GatedResidual expects x, branch, r [B, T, C] and gate [B, 1, C], "
-                               f"got {shape}, {branch_shape}, {r[1]}, {gate_shape}")
+        (x, shape, _), (gate, _, _), (branch, _, _) = ins[:3]
+        r = ins[3][0] if len(ins) > 3 else 0
         overwritten = next((i for i in (2, 0) if self.inputs[i] in self.in_place), None)
         if overwritten is not None:  # into the branch or x, which nothing reads later
-            out_value, out = values[self.inputs[overwritten]], ins[overwritten][0]
+            self._overwrite(values, self.inputs[overwritten], self.outputs[0])
+            out = ins[overwritten][0]
         else:
-            out_value = self._buffer(self.outputs[0], shape, np.float32)
-            out = out_value.ctypes.data
-        _C.gated_residual(x, gate, branch, r[0], out, *shape, threads)
-        return [out_value]
+            out = self._output(values, self.outputs[0], shape).ctypes.data
+        _C.gated_residual(x, gate, branch, r, out, *shape, threads)
 
 
 class SplitSession:
@@ -256,6 +292,7 @@ class SplitSession:
         self.steps, self.release = [], []
         self._pool = _BufferPool()
         produced = set()  # values made by the steps (graph inputs are the caller's: never overwritten)
+        handed_on = set(self.inputs)  # values that go from step to step: those a run holds
         for index, group in enumerate(groups):
             if isinstance(group, list):
                 made = {o for n in group for o in n.output}
@@ -276,14 +313,16 @@ class SplitSession:
                 session = ort.InferenceSession(sub_model.SerializeToString(), options,
                                                providers=["CPUExecutionProvider"])
                 self.steps.append(_Segment(session, inputs, outputs))
+                handed_on.update(outputs)
             else:
                 in_place = {name for name in group.input if name in produced and last_read.get(name) == index
                             and name not in self.output_names and list(group.input).count(name) == 1}
                 arrays = {name: numpy_helper.to_array(constants[name]) for name in group.input if name in constants}
                 self.steps.append(_Native(group, arrays, in_place, self._pool))
                 made = set(group.output)
+                handed_on.update(made)
             produced.update(made)
-            self.release.append([name for name, last in last_read.items() if last == index])
+            self.release.append([name for name, last in last_read.items() if last == index and name in handed_on])
         self.profile = profile
         self._native_ms = collections.Counter()
         self._lock = threading.Lock()
@@ -298,11 +337,14 @@ class SplitSession:
             for step, release in zip(self.steps, self.release):
                 start = time.perf_counter() if self.profile else 0.0
                 step.run(values, self.threads)
-                if self.profile and isinstance(step, _Native):
-                    native_ms[step.op_type] += 1e3 * (time.perf_counter() - start)
+                if isinstance(step, _Native):
+                    if self.profile:
+                        native_ms[step.op_type] += 1e3 * (time.perf_counter() - start)
+                else:
+                    self._pool.note_views(step.inputs, step.outputs, values)
                 for name in release:
-                    values.pop(name, None)
-                    self._pool.release(name, values.values())
+                    del values[name]
+                    self._pool.release(name)
             self._native_ms = native_ms
             try:  # OrtValue.numpy() may be a view of memory the next call reuses: copy (outputs are small)
                 return [np.array(values[name].numpy(), copy=True) for name in output_names]
