@@ -89,6 +89,7 @@ def prepare(model, tokens, work_dir):
     torch is imported only to make them: once it has loaded OpenMP, drwkv's native kernels can no
     longer have it wait passively (drwkv.runtime.ort_split), which --profile ORT int8 would measure."""
     size = math.isqrt(tokens) * 2
+    os.makedirs(work_dir, exist_ok=True)
     base = os.path.join(work_dir, f"{model.replace('/', '-')}_{size}px")
     if not os.path.exists(base + ".pt"):
         write_random_checkpoint({"model": model, "image_size": size, "in_channels": 3, "num_classes": 10,
@@ -172,7 +173,6 @@ def speed(args):
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), {args.repeats} interleaved rounds, best of each")
     print("\n| model | tokens | batch | backend | ms/call | vs eager fp32 | vs compile bf16 | max rel err vs fp32 |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
-    os.makedirs(args.work_dir, exist_ok=True)
     failures = []  # ORT fp32 must stay exact
     for model in args.models:
         for tokens in args.tokens:
