@@ -296,15 +296,19 @@ def product_worker(backend, rows, width, threads, repeats):
         from onnx import TensorProto, helper, numpy_helper
 
         from drwkv.runtime.ort_env import session_options
-        from drwkv.runtime.ort_quant import quantize_matmuls
+        from drwkv.runtime.ort_quant import CONTRIB_DOMAIN, quantize_weight
 
-        graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["out"])], "product",
+        if "int8" in backend:  # the node and weights precision="int8" makes of such a product
+            q, scale = quantize_weight(w)
+            product = helper.make_node("DynamicQuantizeMatMul", ["a", "q", "scale"], ["out"], domain=CONTRIB_DOMAIN)
+            weights = [numpy_helper.from_array(q, "q"), numpy_helper.from_array(scale, "scale")]
+        else:
+            product, weights = helper.make_node("MatMul", ["a", "w"], ["out"]), [numpy_helper.from_array(w, "w")]
+        graph = helper.make_graph([product], "product",
                                   [helper.make_tensor_value_info("a", TensorProto.FLOAT, [rows, K])],
-                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [rows, N])],
-                                  [numpy_helper.from_array(w, "w")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        if "int8" in backend:
-            quantize_matmuls(model)
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [rows, N])], weights)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid(CONTRIB_DOMAIN, 1)])
         session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                        providers=["CPUExecutionProvider"])
         calls.append((lambda session=session, a=a: session.run(["out"], {"a": a}), count))
