@@ -69,14 +69,17 @@ def quantize_matmuls(model, info=None, reduce_range=None):
     new_initializers, dropped = [], set()
     nodes, count = list(graph.node), 0
 
-    def quantized_product(a, w, w_name, output, name):
-        q, scale = quantize_weight(w, levels)
-        new_initializers.extend([numpy_helper.from_array(q, f"{w_name}__int8"),
-                                 numpy_helper.from_array(scale, f"{w_name}__scale")])
-        return helper.make_node("DynamicQuantizeMatMul", [a, f"{w_name}__int8", f"{w_name}__scale"], [output],
-                                name=name, domain=CONTRIB_DOMAIN)
+    made_weights = {}  # weight name -> the names of its int8 weight and scale, made once
 
-    done = {}  # weight name -> its (int8, scale) already made: a weight read by two products
+    def quantized_product(a, w, w_name, output, name):
+        if w_name not in made_weights:
+            q, scale = quantize_weight(w, levels)
+            new_initializers.extend([numpy_helper.from_array(q, f"{w_name}__int8"),
+                                     numpy_helper.from_array(scale, f"{w_name}__scale")])
+            made_weights[w_name] = [f"{w_name}__int8", f"{w_name}__scale"]
+        return helper.make_node("DynamicQuantizeMatMul", [a, *made_weights[w_name]], [output], name=name,
+                                domain=CONTRIB_DOMAIN)
+
     for index in products[:-1]:
         node = graph.node[index]
         name = node.name or f"DynamicQuantizeMatMul_{count}"
@@ -98,13 +101,7 @@ def quantize_matmuls(model, info=None, reduce_range=None):
             nodes[index] = made
             count += len(parts)
         else:
-            if weight_name not in done:
-                made = quantized_product(node.input[0], weight, weight_name, node.output[0], name)
-                done[weight_name] = made.input[1:]
-            else:
-                made = helper.make_node("DynamicQuantizeMatMul", [node.input[0], *done[weight_name]],
-                                        list(node.output), name=name, domain=CONTRIB_DOMAIN)
-            nodes[index] = made
+            nodes[index] = quantized_product(node.input[0], weight, weight_name, node.output[0], name)
             count += 1
         readers[weight_name] -= 1
         dropped.add(weight_name)
