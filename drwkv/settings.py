@@ -4,8 +4,9 @@
 Two kinds of text chunk (``drwkv.png`` writes them):
 - ``drwkv.*``: one value each, what ``--info`` reads back: model, artifact (file name), backend,
   sampler, steps, eta, cfg_scale, clip_x0, seed, batch_size, and when given vae_decoder, vae_tile,
-  vae_tile_overlap, and precision when it is not fp32 (bf16 and int8 change the pixels). A grid adds classes (names), labels (indices, conditional models), first_image,
-  num_images and nrow; one image of a folder adds index, class and label.
+  vae_tile_overlap, and precision when it is not fp32 (bf16 and int8 change the pixels). A grid adds
+  classes (names), labels (indices, conditional models), first_image, num_images and nrow; one image
+  of a folder adds index, class and label.
 - ``parameters``: one line of "Name: value" pairs as image viewers show it (``drwkv.png.parameters_line``).
 """
 from drwkv.png import parameters_line

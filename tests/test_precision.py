@@ -64,9 +64,6 @@ def fp32_images(models):
 def bf16_unavailable():
     try:
         from drwkv.runtime.openvino import bf16_support
-    except ImportError:
-        return "OpenVINO is not installed"
-    try:
         return bf16_support()
     except ImportError:
         return "OpenVINO is not installed"

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from drwkv import known_warnings
 from drwkv.files import atomic_write
 from drwkv.model import load_checkpoint
+from drwkv.runtime import PRECISIONS
 from drwkv.runtime.base import recorded_vae_folder
 from drwkv.runtime.torch_ckpt import TorchDenoiser
 from drwkv.samplers import make_sampler, sample
@@ -167,7 +168,7 @@ def main():
     parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "drwkv"),
                         help="where the reference classifier is cached")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="sample through the checkpoint's ONNX export at this CPU precision, as drwkv-infer "
                              "--precision does (exported to a temporary folder); "
                              "default: the PyTorch model")
@@ -205,13 +206,13 @@ def main():
     x_train, y_train = load_dataset(dataset, image_size, "train", args.data_dir)[:2]
     chosen = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:args.num_samples]
     labels = y_train[chosen].long()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as export_folder:
         denoiser = None
         if args.precision:
             from drwkv.runtime import load_denoiser
             from export.to_onnx import export_onnx
 
-            path = os.path.join(folder, "model.onnx")
+            path = os.path.join(export_folder, "model.onnx")
             export_onnx(args.checkpoint, path)
             denoiser = load_denoiser(onnx=path, precision=args.precision, intra_op_threads=args.threads or None)
         samples = generate(model, config, labels, args.steps, args.cfg_scale, args.seed, args.batch_size, vae,

@@ -101,10 +101,10 @@ def load_decoder(denoiser, path=None, **options):
     suffix, what = kinds[backend]
     if path is None:
         path = _default_decoder(denoiser)
-    elif (os.fspath(path).endswith((".onnx", ".plan")) if denoiser.name == "torch"
+    elif (os.fspath(path).endswith((".onnx", ".plan")) if backend == "torch"
           else not os.fspath(path).endswith(suffix)):
         raise ArtifactError(f"--vae-decoder {path}: the decoder of a {denoiser.name} model is {what}")
-    if denoiser.name == "tensorrt":
+    if backend == "tensorrt":
         decoder = _tensorrt_backend(path).TensorRTDecoder(path, **options)
     elif backend == "onnxruntime":
         decoder = _onnx_backend().OnnxRuntimeDecoder(path, **options)

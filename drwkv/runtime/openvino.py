@@ -19,9 +19,6 @@ from drwkv.runtime.base import ArtifactError, Denoiser
 from drwkv.runtime.onnx import VAE_SHA256_KEY, DECODER_FILE_KEY, read_onnx
 from drwkv.runtime.portable import expand_bi_wkv
 
-INSTALL = "pip install 'drwkv[openvino]'"
-
-
 def bf16_products(model):
     """Rewrite (in place) every MatMul of an ov.Model of tokens [B, T, C] by a constant float32 2-D
     weight to compute in bf16, its output converted back to float32; -> how many. The products of

@@ -74,12 +74,12 @@ class _GraphBuilder:
     def __init__(self, prefix):
         self.prefix, self.nodes = prefix, []
 
-    def _name(self):
+    def next_name(self):
         return f"{self.prefix}/{len(self.nodes)}"
 
     def __getattr__(self, op_type):
         def add(*inputs, **attributes):
-            name = self._name()
+            name = self.next_name()
             count = attributes.get("num_outputs", 1)
             outputs = [f"{name}:{i}" for i in range(count)]
             self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attributes))
@@ -187,7 +187,7 @@ def expand_bi_wkv(model):
             k, v = (g.Cast(x, to=TensorProto.FLOAT) for x in (k, v))
         y = bi_wkv(g, w, u, k, v)
         if half:
-            g.nodes.append(helper.make_node("Cast", [y], [node.output[0]], name=g._name(), to=TensorProto.FLOAT16))
+            g.nodes.append(helper.make_node("Cast", [y], [node.output[0]], name=g.next_name(), to=TensorProto.FLOAT16))
         else:  # y is the last node's output: it takes the BiWKV node's name for it
             g.nodes[-1].output[0] = node.output[0]
         nodes.extend(g.nodes)
